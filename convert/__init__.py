@@ -1,0 +1,1 @@
+"""ferlite.convert: Keras model -> verified full-int8 .ferlite bundle (needs TensorFlow)."""

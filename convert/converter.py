@@ -1,0 +1,155 @@
+"""`ferlite convert`: Keras model -> calibrated int8 TFLite -> verified against float -> one bundle."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import ferlite
+from ferlite.bundle import Manifest, TensorSpec, write_bundle
+from ferlite.datasets import load_dataset
+from ferlite.errors import FerliteError, ModelError
+from ferlite.preprocess import PreprocessSpec
+from ferlite.quiet import import_keras
+
+from .quantize import calibration_split, quantize_keras
+from .verify import Gate, check_gate, compare
+
+
+@dataclass
+class ConvertResult:
+    path: Path | None
+    figures: dict
+    passed: bool
+
+
+def load_keras(path: str | Path):
+    """A Keras model from `.keras`, or a ModelError with one line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    keras = import_keras()
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises many types for a bad file
+        raise ModelError(f"{path}: not a loadable Keras model ({str(exc).splitlines()[0][:160]})") from None
+
+
+def keras_probs(model, inputs: np.ndarray, tta_flip: bool = False) -> np.ndarray:
+    """Float probabilities from the Keras model, for the same inputs the interpreter gets."""
+    x = inputs.astype(np.float32)
+    if x.ndim == 3:
+        x = x[..., None]
+    probs = model.predict(x, batch_size=256, verbose=0)
+    if tta_flip and x.ndim == 4:
+        probs = (probs + model.predict(x[:, :, ::-1], batch_size=256, verbose=0)) / 2
+    return probs
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def provenance(model_path: Path, command: str) -> dict:
+    """Where the model came from: the training run's files beside it, plus this conversion."""
+    config = _read_json(model_path.parent / "config.json")
+    report = _read_json(model_path.parent / "report.json")
+    return {
+        "training_data": config.get("data"),
+        "training_command": report.get("command"),
+        "training_seconds": report.get("train_seconds"),
+        "training_config": config or None,
+        "convert_command": command,
+        "ferlite_version": ferlite.__version__,
+        "git_commit": _git_commit(),
+        "created_utc": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+    }
+
+
+def _int8_probs(model_bytes: bytes, manifest: Manifest, inputs: np.ndarray, tta_flip: bool) -> np.ndarray:
+    from ferlite.bundle import Bundle
+    from ferlite.evaluate import predict_dataset
+    from ferlite.runtime import Predictor
+
+    predictor = Predictor(Bundle(manifest, model_bytes, Path("<converted>")), tta_flip=tta_flip)
+    return predict_dataset(predictor, inputs, description="int8 eval" + (" (flip)" if tta_flip else ""))
+
+
+def convert_model(model_path: str | Path, calibration: str, out: str | Path, *, eval_data: str | None = None,
+                  calibration_size: int = 500, gate: Gate = Gate(), force: bool = False, tta_flip: bool = False,
+                  margin: float = PreprocessSpec.margin, command: str = "", seed: int = 0) -> ConvertResult:
+    """Quantize, verify and (if the gate passes or `force`) write the bundle."""
+    model_path = Path(model_path)
+    model = load_keras(model_path)
+    shape = model.input_shape
+    if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 1:
+        raise ModelError(f"{model_path}: expected a square grayscale image input (N, S, S, 1), got {shape}")
+    labels = model_labels(model_path, model.output_shape[-1])
+    spec = PreprocessSpec(size=int(shape[1]), margin=margin)
+    calib, rest = calibration_split(load_dataset(calibration, spec).relabel(labels), calibration_size, seed)
+    evaluation = load_dataset(eval_data, spec).relabel(labels) if eval_data else rest
+    if len(evaluation) == 0:
+        raise FerliteError("no faces left to verify on: give --eval or a larger --calibration set")
+
+    tflite = quantize_keras(model, calib.images)
+    manifest = _manifest(tflite, "cnn", labels, spec.to_dict(), {"tta_flip": tta_flip})
+    figures = compare(evaluation.labels, keras_probs(model, evaluation.images),
+                      _int8_probs(tflite, manifest, evaluation.images, False), labels)
+    figures.update(data=evaluation.source if eval_data else f"{calibration} (not calibration faces)",
+                   samples=len(evaluation), calibration={"data": calibration, "samples": len(calib)})
+    if tta_flip:
+        figures["tta_flip"] = compare(evaluation.labels, keras_probs(model, evaluation.images, True),
+                                      _int8_probs(tflite, manifest, evaluation.images, True), labels)
+    manifest.metrics = figures
+    manifest.provenance = provenance(model_path, command)
+    try:
+        check_gate(figures["tta_flip"] if tta_flip else figures, gate)
+    except FerliteError:
+        if not force:
+            raise
+        return ConvertResult(write_bundle(out, manifest, tflite), figures, False)
+    return ConvertResult(write_bundle(out, manifest, tflite), figures, True)
+
+
+def model_labels(model_path: Path, outputs: int) -> tuple[str, ...]:
+    """Label names from the training run beside the model (config.json), else the standard set of that size."""
+    from ferlite.labels import LABEL_SETS
+
+    config = model_path.parent / "config.json"
+    if config.is_file():
+        names = LABEL_SETS.get(json.loads(config.read_text()).get("labels", ""))
+        if names and len(names) == outputs:
+            return names
+    by_size = [names for names in LABEL_SETS.values() if len(names) == outputs]
+    if not by_size:
+        raise ModelError(f"{model_path}: {outputs} outputs match no known label set; keep config.json beside it")
+    return by_size[0]
+
+
+def _manifest(tflite: bytes, kind: str, labels: tuple[str, ...], preprocess: dict, options: dict) -> Manifest:
+    """Manifest with the tensor specs read back from the converted model."""
+    from ferlite.runtime import load_interpreter
+
+    interpreter, _ = load_interpreter(tflite)
+    specs = []
+    for detail in (interpreter.get_input_details()[0], interpreter.get_output_details()[0]):
+        scale, zero_point = detail["quantization"]
+        specs.append(TensorSpec([int(d) for d in detail["shape"]], np.dtype(detail["dtype"]).name,
+                                float(scale), int(zero_point)))
+    return Manifest(kind=kind, labels=list(labels), input=specs[0], output=specs[1], preprocess=preprocess,
+                    options=options)
+

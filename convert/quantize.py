@@ -1,0 +1,53 @@
+"""Full-integer int8 quantization of a Keras model, calibrated on real faces."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ferlite.datasets import Dataset
+
+
+def stratified_sample(labels: np.ndarray, total: int, seed: int = 0) -> np.ndarray:
+    """Indices of about `total` items spread evenly over the classes (all of a class if it is small)."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    per_class = max(1, total // len(classes))
+    picks = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in classes]
+    return np.sort(np.concatenate(picks))
+
+
+def calibration_split(data: Dataset, total: int, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """(calibration faces, the rest): the rest is what verification uses when no --eval is given."""
+    idx = stratified_sample(data.labels, total, seed)
+    rest = np.ones(len(data), bool)
+    rest[idx] = False
+    return data.subset(idx), data.subset(rest)
+
+
+def quantize_keras(model, calibration: np.ndarray, progress: bool = True) -> bytes:
+    """TFLite flatbuffer with int8 weights, activations, input and output (builtins int8 only).
+
+    `calibration` holds model inputs in real units: uint8 faces (N, S, S) or feature vectors (N, F).
+    """
+    import tensorflow as tf
+    from rich.console import Console
+    from rich.progress import track
+
+    from ferlite.quiet import native_quiet
+
+    samples = calibration[..., None] if model.input_shape and len(model.input_shape) == 4 else calibration
+
+    with native_quiet() as stderr:
+        console = Console(file=stderr)
+
+        def representative():
+            for x in track(samples, description="calibrating", disable=not progress, transient=True, console=console):
+                yield [x[None].astype(np.float32)]
+
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+        return converter.convert()

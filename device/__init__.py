@@ -1,0 +1,1 @@
+"""ferlite.device: camera/video -> detection -> int8 inference -> tracking -> results log (no TensorFlow)."""

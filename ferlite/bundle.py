@@ -1,0 +1,154 @@
+"""The `.ferlite` bundle: one zip holding manifest.json and model.tflite, checked on every read.
+
+The manifest says everything the device needs to use the model: label names, the input tensor's
+quantization, the preprocessing recipe, the accuracy measured at conversion, and where the model
+came from. The one reader and the one writer of the format live here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from ferlite.errors import BundleError
+
+FORMAT = 1
+KINDS = ("cnn", "landmark-svm")
+MANIFEST = "manifest.json"
+MODEL = "model.tflite"
+
+
+@dataclass
+class TensorSpec:
+    """A model input or output: shape (batch first), dtype name and affine quantization."""
+
+    shape: list[int]
+    dtype: str
+    scale: float = 0.0
+    zero_point: int = 0
+
+
+@dataclass
+class Manifest:
+    kind: str
+    labels: list[str]
+    input: TensorSpec
+    output: TensorSpec
+    preprocess: dict
+    model_sha256: str = ""
+    model_bytes: int = 0
+    metrics: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+    format: int = FORMAT
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> Manifest:
+        """Parse and validate a manifest; every problem is a BundleError naming `where`."""
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BundleError(f"{where}: manifest.json is not valid JSON ({exc.args[0]})") from None
+        if not isinstance(data, dict):
+            raise BundleError(f"{where}: manifest.json is not a JSON object")
+        fmt = data.get("format")
+        if not isinstance(fmt, int):
+            raise BundleError(f"{where}: manifest has no integer 'format'")
+        if fmt > FORMAT:
+            raise BundleError(f"{where}: bundle format {fmt} is newer than this ferlite reads ({FORMAT}); "
+                              "upgrade ferlite")
+        if fmt < 1:
+            raise BundleError(f"{where}: unknown bundle format {fmt}")
+        names = {f.name for f in fields(cls)}
+        missing = sorted(n for n in names if n not in data and n in ("kind", "labels", "input", "output",
+                                                                     "preprocess", "model_sha256"))
+        if missing:
+            raise BundleError(f"{where}: manifest lacks {', '.join(missing)}")
+        try:
+            manifest = cls(**{k: v for k, v in data.items() if k in names})
+            manifest.input = TensorSpec(**manifest.input)
+            manifest.output = TensorSpec(**manifest.output)
+        except TypeError as exc:
+            raise BundleError(f"{where}: malformed manifest ({exc})") from None
+        manifest.validate(where)
+        return manifest
+
+    def validate(self, where: str) -> None:
+        if self.kind not in KINDS:
+            raise BundleError(f"{where}: unknown model kind {self.kind!r} (known: {', '.join(KINDS)})")
+        if not self.labels or not all(isinstance(n, str) for n in self.labels):
+            raise BundleError(f"{where}: manifest labels must be a non-empty list of names")
+        if self.output.shape[-1] != len(self.labels):
+            raise BundleError(f"{where}: {len(self.labels)} labels but the model outputs "
+                              f"{self.output.shape[-1]} classes")
+
+
+@dataclass
+class Bundle:
+    manifest: Manifest
+    model: bytes
+    path: Path
+
+    @property
+    def sha256(self) -> str:
+        return self.manifest.model_sha256
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_bundle(path: str | Path) -> Bundle:
+    """Open and verify a bundle: zip integrity, members, manifest, format and model checksum."""
+    path = Path(path)
+    where = str(path)
+    if not path.is_file():
+        raise BundleError(f"{where}: no such bundle file")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = set(zf.namelist())
+            for member in (MANIFEST, MODEL):
+                if member not in members:
+                    raise BundleError(f"{where}: bundle is missing {member}")
+            manifest = Manifest.from_json(zf.read(MANIFEST).decode("utf-8", "replace"), where)
+            model = zf.read(MODEL)
+    except zipfile.BadZipFile as exc:
+        raise BundleError(f"{where}: not a ferlite bundle or truncated ({exc})") from None
+    except (EOFError, OSError, zipfile.LargeZipFile) as exc:
+        raise BundleError(f"{where}: unreadable bundle ({exc})") from None
+    if sha256(model) != manifest.model_sha256:
+        raise BundleError(f"{where}: model.tflite checksum mismatch (corrupted or altered bundle)")
+    return Bundle(manifest, model, path)
+
+
+def write_bundle(path: str | Path, manifest: Manifest, model: bytes) -> Path:
+    """Write atomically (temp file in the same folder, then rename): a crash never leaves half a bundle."""
+    path = Path(path)
+    manifest.model_sha256 = sha256(model)
+    manifest.model_bytes = len(model)
+    manifest.validate(str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            with zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as zf:
+                zf.writestr(MANIFEST, manifest.to_json())
+                zf.writestr(MODEL, model)
+            raw.flush()
+            os.fsync(raw.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

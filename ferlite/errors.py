@@ -1,0 +1,29 @@
+"""Typed errors. Every user mistake becomes one of these; the CLI prints its one-line message."""
+
+
+class FerliteError(Exception):
+    """Base class; `exit_code` is what the CLI returns for it."""
+
+    exit_code = 2
+
+
+class DatasetError(FerliteError):
+    """A dataset file or folder is missing, malformed or has unknown labels."""
+
+
+class BundleError(FerliteError):
+    """A .ferlite bundle is unreadable, corrupted, or does not describe its model."""
+
+
+class ModelError(FerliteError):
+    """A model file cannot be loaded or does not fit the task."""
+
+
+class RuntimeMissingError(FerliteError):
+    """No usable TFLite interpreter (or other optional dependency) is installed."""
+
+
+class VerificationError(FerliteError):
+    """The int8 model disagrees with the float model beyond the allowed margin."""
+
+    exit_code = 1

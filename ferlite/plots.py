@@ -1,0 +1,61 @@
+"""PNG figures (confusion matrix, training curves); matplotlib is imported only when drawing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ferlite.errors import RuntimeMissingError
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise RuntimeMissingError("plots need matplotlib: pip install 'ferlite[device]' or matplotlib") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def confusion_png(confusion: list[list[int]], names: tuple[str, ...], path: str | Path, title: str = "") -> Path:
+    """Row-normalized confusion matrix (recall on the diagonal) with counts in each cell."""
+    plt = _pyplot()
+    cm = np.asarray(confusion, dtype=np.float64)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(names), 0.6 + 0.8 * len(names)))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{norm[i, j]:.2f}\n{int(cm[i, j])}", ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or "confusion (row-normalized)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def curves_png(history: dict[str, list[float]], path: str | Path) -> Path:
+    """Loss and accuracy per epoch, train against validation."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key in zip(axes, ("loss", "accuracy")):
+        epochs = range(1, len(history.get(key, [])) + 1)
+        ax.plot(epochs, history.get(key, []), label="train")
+        if f"val_{key}" in history:
+            ax.plot(epochs, history[f"val_{key}"], label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,46 @@
+"""Silence what native libraries (TensorFlow, LiteRT) print straight to file descriptors 1 and 2."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def native_quiet() -> Iterator[io.TextIOWrapper]:
+    """Redirect fds 1 and 2 to /dev/null; yields a stream on the real stderr for progress output."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    real_stderr = os.fdopen(os.dup(saved[1]), "w", buffering=1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield real_stderr
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
+        real_stderr.close()
+
+
+def import_keras():
+    """Import TensorFlow and Keras without their start-up chatter; a clear error when not installed."""
+    from ferlite.errors import RuntimeMissingError
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        with native_quiet():
+            import keras
+            import tensorflow  # noqa: F401
+    except ImportError:
+        raise RuntimeMissingError("this command needs TensorFlow: pip install 'ferlite[train]'") from None
+    return keras

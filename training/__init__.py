@@ -1,0 +1,1 @@
+"""ferlite.training: Keras models and the commands that train them (needs TensorFlow)."""

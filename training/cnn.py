@@ -1,0 +1,130 @@
+"""`ferlite train cnn`: mini-Xception on 48x48 faces, checkpointed every epoch and resumable."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ferlite.datasets import Dataset, load_dataset
+from ferlite.errors import DatasetError, FerliteError
+from ferlite.labels import LABEL_SETS, ferplus_targets, ferplus_votes
+from ferlite.preprocess import PreprocessSpec
+
+
+@dataclass
+class CnnConfig:
+    """Everything that defines a CNN training run; saved as config.json in the run folder."""
+
+    data: str
+    val: str
+    out: str
+    labels: str = "fer7"
+    soft_labels: bool = False
+    ferplus_csv: str | None = None
+    width: float = 1.0
+    size: int = 48
+    epochs: int = 60
+    batch_size: int = 128
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.1
+    class_weights: bool = False
+    patience: int = 0
+    seed: int = 0
+
+
+def _targets(ds: Dataset, cfg: CnnConfig) -> tuple[Dataset, np.ndarray]:
+    """The dataset in the run's label set and its training targets (one-hot or FER+ soft votes)."""
+    names = LABEL_SETS[cfg.labels]
+    if cfg.labels != "ferplus":
+        ds = ds.relabel(names)
+        return ds, np.eye(len(names), dtype=np.float32)[ds.labels]
+    if ds.index is None:
+        raise DatasetError(f"{ds.source}: FER+ labels need FER2013 row numbers ('index' in the .npz or a CSV)")
+    csv_path = cfg.ferplus_csv or str(Path(ds.source).parent / "fer2013new.csv")
+    targets, keep = ferplus_targets(ferplus_votes(csv_path, ds.index), soft=cfg.soft_labels)
+    majority, _ = ferplus_targets(ferplus_votes(csv_path, ds.index))
+    ds = ds.subset(keep)
+    ds = Dataset(ds.images, majority[keep], names, ds.source, ds.index, ds.subjects)
+    targets = targets[keep] if cfg.soft_labels else np.eye(len(names), dtype=np.float32)[majority[keep]]
+    return ds, targets
+
+
+def _sample_weights(labels: np.ndarray, k: int, balanced: bool) -> np.ndarray:
+    if not balanced:
+        return np.ones(len(labels), dtype=np.float32)
+    counts = np.bincount(labels, minlength=k).astype(np.float64)
+    per_class = len(labels) / (k * np.maximum(counts, 1))
+    return per_class[labels].astype(np.float32)
+
+
+def _start_config(cfg: CnnConfig, resume: bool) -> CnnConfig:
+    """Check the run folder: a new run needs a fresh folder, --resume needs the saved config."""
+    out = Path(cfg.out)
+    saved = out / "config.json"
+    if resume:
+        if not saved.is_file():
+            raise FerliteError(f"{out}: nothing to resume (no config.json)")
+        return CnnConfig(**json.loads(saved.read_text()))
+    if saved.exists():
+        raise FerliteError(f"{out}: a run already exists there; pass --resume to continue it or choose another -o")
+    out.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(asdict(cfg), indent=2))
+    return cfg
+
+
+def train_cnn(cfg: CnnConfig, resume: bool = False, command: str = "") -> Path:
+    """Train, keep the best model on the validation set, and write the reports. Returns model.keras."""
+    cfg = _start_config(cfg, resume)
+    out = Path(cfg.out)
+    spec = PreprocessSpec(size=cfg.size)
+    train, y_train = _targets(load_dataset(cfg.data, spec), cfg)
+    val, y_val = _targets(load_dataset(cfg.val, spec), cfg)
+    if len(train) < cfg.batch_size:
+        raise DatasetError(f"{cfg.data}: {len(train)} images, fewer than one batch of {cfg.batch_size}")
+
+    from ferlite.training.augment import batches
+    from ferlite.training.models import mini_xception
+    from ferlite.training.progress import EpochProgress
+
+    from ferlite.quiet import import_keras
+
+    keras = import_keras()
+    keras.utils.set_random_seed(cfg.seed)
+    k = len(train.label_names)
+    model = mini_xception(k, cfg.size, cfg.width)
+    steps = len(train) // cfg.batch_size
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=steps * cfg.epochs, warmup_target=cfg.learning_rate, warmup_steps=steps * 2)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+        metrics=["accuracy"],
+    )
+    weights = _sample_weights(train.labels, k, cfg.class_weights)
+    train_ds = batches(train.images, y_train, weights, cfg.batch_size, augment=True, seed=cfg.seed)
+    val_ds = batches(val.images, y_val, np.ones(len(val), np.float32), cfg.batch_size, augment=False)
+    callbacks = [
+        EpochProgress(cfg.epochs, steps),
+        keras.callbacks.BackupAndRestore(str(out / "backup")),
+        keras.callbacks.ModelCheckpoint(str(out / "best.keras"), monitor="val_accuracy", save_best_only=True),
+        keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
+    ]
+    if cfg.patience:
+        callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg.patience))
+    started = time.time()
+    model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=0)
+
+    from ferlite.training.report import write_report
+
+    best = keras.models.load_model(out / "best.keras")
+    model_path = out / "model.keras"
+    best.save(model_path)
+    probs = best.predict(val_ds, verbose=0)
+    write_report(out, val.labels, probs, val.label_names, cfg=asdict(cfg), command=command,
+                 session_seconds=time.time() - started, params=best.count_params())
+    return model_path
