@@ -18,14 +18,16 @@ from ferlite.preprocess import PreprocessSpec
 from ferlite.quiet import import_keras
 
 from .quantize import calibration_split, quantize_keras
-from .verify import Gate, check_gate, compare
+from .verify import Gate, compare, gate_failure
 
 
 @dataclass
 class ConvertResult:
+    """The written bundle (None when the gate failed without `force`), the figures, and the gate's verdict."""
+
     path: Path | None
     figures: dict
-    passed: bool
+    failure: str | None = None
 
 
 def load_keras(path: str | Path):
@@ -116,13 +118,9 @@ def convert_model(model_path: str | Path, calibration: str, out: str | Path, *, 
                                       _int8_probs(tflite, manifest, evaluation.images, True), labels)
     manifest.metrics = figures
     manifest.provenance = provenance(model_path, command)
-    try:
-        check_gate(figures["tta_flip"] if tta_flip else figures, gate)
-    except FerliteError:
-        if not force:
-            raise
-        return ConvertResult(write_bundle(out, manifest, tflite), figures, False)
-    return ConvertResult(write_bundle(out, manifest, tflite), figures, True)
+    failure = gate_failure(figures["tta_flip"] if tta_flip else figures, gate)
+    path = write_bundle(out, manifest, tflite) if failure is None or force else None
+    return ConvertResult(path, figures, failure)
 
 
 def model_labels(model_path: Path, outputs: int) -> tuple[str, ...]:

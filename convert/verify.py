@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ferlite.errors import VerificationError
 
 
 @dataclass(frozen=True)
@@ -41,12 +40,11 @@ def compare(y: np.ndarray, float_probs: np.ndarray, int8_probs: np.ndarray, name
     }
 
 
-def check_gate(figures: dict, gate: Gate) -> None:
-    """Raise VerificationError when the int8 model falls outside the gate."""
+def gate_failure(figures: dict, gate: Gate) -> str | None:
+    """Why the int8 model falls outside the gate, or None when it passes."""
     drop = 100 * (figures["float"]["accuracy"] - figures["int8"]["accuracy"])
     if drop > gate.max_drop:
-        raise VerificationError(f"int8 accuracy drops {drop:.2f} pp (> {gate.max_drop} pp); nothing written "
-                                "(more --calibration-size, or --force)")
+        return f"int8 accuracy drops {drop:.2f} pp (> {gate.max_drop} pp)"
     if figures["agreement"] < gate.min_agreement:
-        raise VerificationError(f"int8/float top-1 agreement {figures['agreement']:.2%} < {gate.min_agreement:.0%}; "
-                                "nothing written (more --calibration-size, or --force)")
+        return f"int8/float top-1 agreement {figures['agreement']:.2%} < {gate.min_agreement:.0%}"
+    return None

@@ -91,8 +91,12 @@ def convert_cmd(
     from ferlite.console import print_conversion
 
     print_conversion(result.figures, result.path, json_out)
-    if not result.passed:
-        raise typer.Exit(1)
+    if result.failure and result.path is None:
+        from ferlite.errors import VerificationError
+
+        raise VerificationError(f"{result.failure}; nothing written (try a larger --calibration-size, or --force)")
+    if result.failure:
+        typer.echo(f"warning: {result.failure}; bundle written because of --force", err=True)
 
 
 @app.command("info")

@@ -28,7 +28,7 @@ def trained_run(tmp_path_factory) -> Path:
     """Run folder of `ferlite train cnn` on the committed subset (happy / surprise / neutral)."""
     out = tmp_path_factory.mktemp("run") / "tiny"
     result = run_cli("train", "cnn", "--data", TRAIN, "--val", VAL, "-o", out, "--width", "0.5",
-                     "--epochs", "12", "--batch-size", "32", "--learning-rate", "5e-3")
+                     "--epochs", "25", "--batch-size", "16", "--learning-rate", "3e-3")
     assert result.returncode == 0, result.stderr[-2000:]
     return out
 

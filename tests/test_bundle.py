@@ -1,0 +1,116 @@
+"""The bundle format: round trip, and every way a bundle file can be broken (real files, real bytes)."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from ferlite.bundle import MANIFEST, MODEL, read_bundle, write_bundle
+from ferlite.errors import BundleError
+
+
+def _rezip(src: Path, dst: Path, manifest: dict | None = None, model: bytes | None = None,
+           drop: str | None = None) -> Path:
+    """Copy a bundle member by member, replacing or dropping some, without fixing the checksum."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for name in zin.namelist():
+            if name == drop:
+                continue
+            data = zin.read(name)
+            if name == MANIFEST and manifest is not None:
+                data = json.dumps(manifest).encode()
+            if name == MODEL and model is not None:
+                data = model
+            zout.writestr(name, data)
+    return dst
+
+
+def _manifest(bundle: Path) -> dict:
+    with zipfile.ZipFile(bundle) as zf:
+        return json.loads(zf.read(MANIFEST))
+
+
+def test_round_trip(tiny_bundle, tmp_path):
+    bundle = read_bundle(tiny_bundle)
+    copy = write_bundle(tmp_path / "copy.ferlite", bundle.manifest, bundle.model)
+    again = read_bundle(copy)
+    assert again.model == bundle.model
+    assert again.manifest == bundle.manifest
+    assert again.manifest.kind == "cnn" and again.manifest.input.dtype == "int8"
+    assert again.manifest.provenance["ferlite_version"]
+    assert not list(tmp_path.glob(".*.tmp")), "atomic write left its temp file"
+
+
+def _broken(tiny_bundle: Path, tmp_path: Path, how: str) -> Path:
+    raw = tiny_bundle.read_bytes()
+    out = tmp_path / f"{how}.ferlite"
+    manifest = _manifest(tiny_bundle)
+    if how == "not-a-zip":
+        out.write_bytes(b"this is not a zip file at all\n" * 10)
+    elif how == "truncated":
+        out.write_bytes(raw[: len(raw) // 2])
+    elif how == "missing-model":
+        _rezip(tiny_bundle, out, drop=MODEL)
+    elif how == "missing-manifest":
+        _rezip(tiny_bundle, out, drop=MANIFEST)
+    elif how == "sha-mismatch":
+        with zipfile.ZipFile(tiny_bundle) as zf:
+            model = bytearray(zf.read(MODEL))
+        model[len(model) // 2] ^= 0xFF
+        _rezip(tiny_bundle, out, model=bytes(model))
+    elif how == "future-format":
+        _rezip(tiny_bundle, out, manifest={**manifest, "format": 99})
+    elif how == "labels-mismatch":
+        _rezip(tiny_bundle, out, manifest={**manifest, "labels": manifest["labels"][:-1]})
+    elif how == "bad-json":
+        with zipfile.ZipFile(tiny_bundle) as zin, zipfile.ZipFile(out, "w") as zout:
+            zout.writestr(MANIFEST, b"{not json")
+            zout.writestr(MODEL, zin.read(MODEL))
+    return out
+
+
+BROKEN = {
+    "not-a-zip": "not a ferlite bundle",
+    "truncated": "not a ferlite bundle or truncated",
+    "missing-model": "missing model.tflite",
+    "missing-manifest": "missing manifest.json",
+    "sha-mismatch": "checksum mismatch",
+    "future-format": "newer than this ferlite",
+    "labels-mismatch": "labels but the model outputs",
+    "bad-json": "not valid JSON",
+}
+
+
+@pytest.mark.parametrize("how", sorted(BROKEN))
+def test_broken_bundle_is_a_typed_error(tiny_bundle, tmp_path, how):
+    path = _broken(tiny_bundle, tmp_path, how)
+    with pytest.raises(BundleError, match=BROKEN[how]):
+        read_bundle(path)
+
+
+@pytest.mark.parametrize("how", ["truncated", "sha-mismatch", "labels-mismatch"])
+def test_broken_bundle_cli_exits_without_traceback(tiny_bundle, tmp_path, how):
+    path = _broken(tiny_bundle, tmp_path, how)
+    for args in (["info", path], ["eval", path, "--data", "tests/fixtures/fer_mini_val.npz"]):
+        result = run_cli(*args)
+        assert result.returncode == 2
+        assert "Traceback" not in result.stderr
+        assert result.stderr.strip().startswith("error:") and BROKEN[how] in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_model_output_size_checked_against_labels_when_loading(tiny_bundle, tmp_path):
+    """A manifest can be self-consistent and still not match the model inside it."""
+    manifest = _manifest(tiny_bundle)
+    manifest["labels"] = manifest["labels"][:-1]
+    manifest["output"]["shape"][-1] -= 1
+    path = _rezip(tiny_bundle, tmp_path / "lying.ferlite", manifest=manifest)
+    bundle = read_bundle(path)
+    from ferlite.runtime import Predictor
+
+    with pytest.raises(BundleError, match="model outputs 7"):
+        Predictor(bundle)

@@ -1,0 +1,83 @@
+"""Conversion: a CNN trained on real faces becomes an int8 bundle that agrees with its float model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from conftest import TRAIN, VAL, run_cli
+
+from ferlite.bundle import read_bundle
+from ferlite.datasets import load_dataset
+from ferlite.runtime import Predictor
+
+
+def test_int8_agrees_with_float_on_unseen_faces(tiny_bundle, trained_run):
+    """Calibrated on training faces; verified on validation faces never used for calibration."""
+    bundle = read_bundle(tiny_bundle)
+    metrics = bundle.manifest.metrics
+    assert metrics["samples"] == 120 and metrics["calibration"]["samples"] == 150
+    assert metrics["agreement"] >= 0.95, metrics
+    assert abs(metrics["float"]["accuracy"] - metrics["int8"]["accuracy"]) <= 0.05
+
+    # Recompute int8 predictions independently of the converter and compare with Keras float.
+    from ferlite.convert.converter import keras_probs, load_keras
+
+    val = load_dataset(VAL)
+    int8 = Predictor(bundle).predict(val.images).argmax(1)
+    flt = keras_probs(load_keras(trained_run / "model.keras"), val.images).argmax(1)
+    assert (int8 == flt).mean() >= 0.95
+
+
+def test_manifest_describes_the_model(tiny_bundle):
+    m = read_bundle(tiny_bundle).manifest
+    assert m.format == 1 and m.kind == "cnn"
+    assert m.labels == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+    assert m.input.shape == [1, 48, 48, 1] and m.input.dtype == "int8" and m.output.dtype == "int8"
+    assert m.preprocess["size"] == 48
+    assert len(m.model_sha256) == 64 and m.model_bytes > 10_000
+    assert m.provenance["training_data"].endswith("fer_mini_train.npz")
+    assert m.provenance["training_command"].startswith("ferlite train cnn")
+    assert set(m.metrics["per_class"]) == {"happy", "surprise", "neutral"}
+
+
+def test_no_augmentation_in_converted_graph(tiny_bundle):
+    """Augmentation runs in tf.data only; the exported graph holds inference ops alone."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(model_content=read_bundle(tiny_bundle).model,
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    names = " ".join(t["name"] for t in interpreter.get_tensor_details()).lower()
+    assert ops <= {"QUANTIZE", "DEQUANTIZE", "CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "MAX_POOL_2D", "MEAN",
+                   "SOFTMAX", "RESHAPE", "MUL", "SUB"}, ops
+    for word in ("random", "augment", "flip", "rotation", "zoom", "contrast", "brightness"):
+        assert word not in names
+
+
+def test_gate_failure_writes_nothing(trained_run, tmp_path):
+    """An impossible gate fails with exit 1 and leaves no bundle; --force writes it anyway."""
+    out = tmp_path / "gated.ferlite"
+    args = ["convert", trained_run / "model.keras", "--calibration", TRAIN, "--eval", VAL,
+            "--calibration-size", "60", "--min-agreement", "1.01", "-o", out]
+    result = run_cli(*args)
+    assert result.returncode == 1, result.stderr
+    assert "agreement" in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
+    forced = run_cli(*args, "--force", "--json")
+    assert forced.returncode == 0 and out.exists()
+    assert "warning:" in forced.stderr
+    assert json.loads(forced.stdout)["agreement"] > 0.5
+
+
+def test_eval_bundle_and_keras_agree(tiny_bundle, trained_run, tmp_path):
+    plot = tmp_path / "cm.png"
+    q = run_cli("eval", tiny_bundle, "--data", VAL, "--json", "--plot", plot)
+    f = run_cli("eval", trained_run / "model.keras", "--data", VAL, "--json")
+    assert q.returncode == 0 and f.returncode == 0, q.stderr + f.stderr
+    qj, fj = json.loads(q.stdout), json.loads(f.stdout)
+    assert qj["runtime"] == "ai-edge-litert" and fj["runtime"] == "keras (float)"
+    assert qj["samples"] == fj["samples"] == 120
+    assert abs(qj["accuracy"] - fj["accuracy"]) <= 0.05
+    assert np.array(qj["confusion"]).sum() == 120 and len(qj["per_class"]) == 7
+    assert plot.read_bytes()[:4] == b"\x89PNG"
