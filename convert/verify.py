@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import numpy as np
 
 
-
 @dataclass(frozen=True)
 class Gate:
     """int8 may lose at most `max_drop` accuracy points and must agree with float on `min_agreement`."""
