@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,11 +46,12 @@ def _targets(ds: Dataset, cfg: CnnConfig) -> tuple[Dataset, np.ndarray]:
     if ds.index is None:
         raise DatasetError(f"{ds.source}: FER+ labels need FER2013 row numbers ('index' in the .npz or a CSV)")
     csv_path = cfg.ferplus_csv or str(Path(ds.source).parent / "fer2013new.csv")
-    targets, keep = ferplus_targets(ferplus_votes(csv_path, ds.index), soft=cfg.soft_labels)
-    majority, _ = ferplus_targets(ferplus_votes(csv_path, ds.index))
-    ds = ds.subset(keep)
-    ds = Dataset(ds.images, majority[keep], names, ds.source, ds.index, ds.subjects)
-    targets = targets[keep] if cfg.soft_labels else np.eye(len(names), dtype=np.float32)[majority[keep]]
+    votes = ferplus_votes(csv_path, ds.index)
+    majority, keep = ferplus_targets(votes)
+    ds = replace(ds.subset(keep), labels=majority[keep], label_names=names)
+    if cfg.soft_labels:
+        return ds, ferplus_targets(votes, soft=True)[0][keep]
+    targets = np.eye(len(names), dtype=np.float32)[ds.labels]
     return ds, targets
 
 
@@ -87,11 +88,10 @@ def train_cnn(cfg: CnnConfig, resume: bool = False, command: str = "") -> Path:
     if len(train) < cfg.batch_size:
         raise DatasetError(f"{cfg.data}: {len(train)} images, fewer than one batch of {cfg.batch_size}")
 
+    from ferlite.quiet import import_keras
     from ferlite.training.augment import batches
     from ferlite.training.models import mini_xception
     from ferlite.training.progress import EpochProgress
-
-    from ferlite.quiet import import_keras
 
     keras = import_keras()
     keras.utils.set_random_seed(cfg.seed)

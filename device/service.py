@@ -1,0 +1,108 @@
+"""`ferlite service install | uninstall | status`: the runtime as a hardened systemd unit."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from ferlite.errors import FerliteError
+
+UNIT_NAME = "ferlite.service"
+UNIT_DIR = Path("/etc/systemd/system")
+CONFIG_PATH = Path("/etc/ferlite/ferlite.toml")
+STATE_DB = Path("/var/lib/ferlite/results.db")
+
+
+class ServiceError(FerliteError):
+    """systemd is absent, we are not root, or systemctl failed."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One action of an install or uninstall, printable for --dry-run."""
+
+    description: str
+    command: list[str] | None = None
+    write: tuple[Path, str] | None = None
+
+
+def ferlite_executable() -> Path:
+    """The real path of the installed `ferlite` command (the unit must not depend on $PATH)."""
+    argv0 = Path(sys.argv[0])
+    if argv0.name == "ferlite" and argv0.exists():
+        return argv0.resolve()
+    found = shutil.which("ferlite")
+    if not found:
+        raise ServiceError("cannot find the installed `ferlite` executable; install ferlite with pip first")
+    return Path(found).resolve()
+
+
+def render_unit(executable: Path, config: Path = CONFIG_PATH) -> str:
+    """The unit file with ExecStart pointing at `executable` and `--config config`."""
+    template = resources.files("ferlite.systemd").joinpath(UNIT_NAME).read_text()
+    return template.replace("{executable}", str(executable)).replace("{config}", str(config))
+
+
+def install_steps(executable: Path, config_text: str, unit_dir: Path = UNIT_DIR,
+                  config: Path = CONFIG_PATH) -> list[Step]:
+    steps = [Step(f"write {unit_dir / UNIT_NAME}", write=(unit_dir / UNIT_NAME, render_unit(executable, config)))]
+    if not config.exists():
+        steps.append(Step(f"write default config {config}", write=(config, config_text)))
+    steps += [
+        Step("reload systemd", ["systemctl", "daemon-reload"]),
+        Step("enable and start ferlite", ["systemctl", "enable", "--now", UNIT_NAME]),
+    ]
+    return steps
+
+
+def uninstall_steps(unit_dir: Path = UNIT_DIR) -> list[Step]:
+    """Stop and remove the unit; the config and the results database are kept."""
+    return [
+        Step("stop and disable ferlite", ["systemctl", "disable", "--now", UNIT_NAME]),
+        Step(f"remove {unit_dir / UNIT_NAME}", ["rm", "-f", str(unit_dir / UNIT_NAME)]),
+        Step("reload systemd", ["systemctl", "daemon-reload"]),
+    ]
+
+
+def describe(steps: list[Step]) -> str:
+    """What --dry-run prints: each step, and the full text of each file it would write."""
+    lines = []
+    for n, step in enumerate(steps, 1):
+        lines.append(f"{n}. {step.description}" + (f": {' '.join(step.command)}" if step.command else ""))
+        if step.write:
+            lines += [f"--- {step.write[0]}", step.write[1].rstrip(), "---"]
+    return "\n".join(lines)
+
+
+def check_can_manage() -> None:
+    """Fail with one line when systemd is not running here or we are not root."""
+    if not Path("/run/systemd/system").is_dir() or shutil.which("systemctl") is None:
+        raise ServiceError("systemd is not running on this machine; run `ferlite run --camera` directly instead")
+    if os.geteuid() != 0:
+        raise ServiceError("installing a system service needs root: run it with sudo")
+
+
+def apply(steps: list[Step]) -> None:
+    for step in steps:
+        if step.write:
+            path, text = step.write
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        if step.command:
+            result = subprocess.run(step.command, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise ServiceError(f"{' '.join(step.command)} failed: {result.stderr.strip().splitlines()[-1:]}")
+
+
+def systemctl_status() -> str:
+    """`systemctl status ferlite` as text (its exit code says little: 3 just means stopped)."""
+    if shutil.which("systemctl") is None:
+        raise ServiceError("systemctl not found: systemd is not installed here")
+    result = subprocess.run(["systemctl", "status", UNIT_NAME, "--no-pager", "--lines=0"],
+                            capture_output=True, text=True)
+    return (result.stdout or result.stderr).strip()

@@ -1,0 +1,1 @@
+"""The systemd unit template, shipped as package data (`ferlite.systemd`)."""
