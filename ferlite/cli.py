@@ -10,12 +10,15 @@ from typing import Annotated
 
 import typer
 
-from ferlite.errors import FerliteError
+from ferlite.config import RunConfig
+from ferlite.errors import ConfigError, FerliteError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Facial-emotion models from a workstation to a Raspberry Pi.")
-train_app = typer.Typer(no_args_is_help=True, help="Train Keras models (needs ferlite[train]).")
+train_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Train Keras models (needs ferlite[train]).")
 app.add_typer(train_app, name="train")
+log_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Read a results log: summary, export, plot.")
+app.add_typer(log_app, name="log")
 
 
 def _command_line() -> str:
@@ -77,7 +80,8 @@ def convert_cmd(
     max_drop: Annotated[float, typer.Option(help="Largest allowed int8 accuracy drop, in points.")] = 1.0,
     min_agreement: Annotated[float, typer.Option(help="Smallest allowed int8/float top-1 agreement.")] = 0.97,
     tta_flip: Annotated[bool, typer.Option(help="Average each face with its mirror on the device.")] = False,
-    margin: Annotated[float, typer.Option(help="Crop margin around detected faces, per side.")] = 0.15,
+    margin: Annotated[float, typer.Option(help="Crop margin around detected faces, per side "
+                                          "(fraction of a Haar-style box).")] = 0.0,
     force: Annotated[bool, typer.Option(help="Write the bundle even if verification fails.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
 ) -> None:
@@ -140,6 +144,172 @@ def eval_cmd(
 
         confusion_png(metrics.confusion, tuple(details["labels"]), plot, title=f"{Path(details['model']).name}")
     print_metrics(metrics, details, json_out)
+
+
+_RUN = RunConfig()
+
+
+def _resolution(text: str | None) -> tuple[int | None, int | None]:
+    if text is None:
+        return None, None
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--resolution {text!r}: expected WIDTHxHEIGHT, e.g. 640x480") from None
+    return width, height
+
+
+@app.command("run")
+def run_cmd(
+    camera: Annotated[bool, typer.Option("--camera", help="The Pi camera (picamera2) if installed, "
+                                                          "else the first V4L2/USB camera.")] = False,
+    source: Annotated[str | None, typer.Option(help="Camera index, /dev/videoN, video file, image or folder "
+                                                    "of images.")] = None,
+    bundle: Annotated[Path | None, typer.Option(help="Bundle (default: the shipped CNN).")] = None,
+    detector: Annotated[str, typer.Option(help="Face detector: haar, dlib (HOG) or blazeface.")] = _RUN.detector,
+    blazeface_model: Annotated[str | None, typer.Option(help="face_detection_short_range.tflite (default: "
+                                                             "from an installed mediapipe).")] = None,
+    detect_every: Annotated[int, typer.Option(help="Detect faces every N frames, track in between.")] = 1,
+    detect_width: Annotated[int, typer.Option(help="Haar: frame width detection runs at.")] = _RUN.detect_width,
+    min_face: Annotated[int, typer.Option(help="Smallest face to detect, in frame pixels.")] = _RUN.min_face,
+    resolution: Annotated[str | None, typer.Option(help="Camera resolution WIDTHxHEIGHT, e.g. 640x480.")] = None,
+    max_fps: Annotated[float, typer.Option(help="Frame-rate cap (0: as fast as frames come).")] = _RUN.max_fps,
+    threads: Annotated[int | None, typer.Option(help="Interpreter threads.")] = None,
+    threshold: Annotated[float, typer.Option(help="Below this top probability the label is 'uncertain'.")]
+    = _RUN.threshold,
+    smoothing: Annotated[float, typer.Option(help="Weight of the newest frame in each face's smoothed "
+                                                  "probabilities (1: none).")] = _RUN.smoothing,
+    max_missed: Annotated[int, typer.Option(help="Frames a face may go undetected before its track "
+                                                 "ends.")] = _RUN.max_missed,
+    log: Annotated[str | None, typer.Option("--log", help="Results log (default: results.db, or results.jsonl "
+                                                          "with --log-format jsonl).")] = None,
+    log_format: Annotated[str, typer.Option(help="sqlite or jsonl.")] = _RUN.log_format,
+    privacy: Annotated[bool, typer.Option(help="Log only per-minute counts per label: no boxes, no "
+                                               "per-face rows.")] = False,
+    retention_days: Annotated[float, typer.Option(help="Delete results older than this.")] = _RUN.retention_days,
+    retention_mb: Annotated[float, typer.Option(help="Keep the log under this size, oldest results "
+                                                     "deleted first.")] = _RUN.retention_mb,
+    save_faces: Annotated[str | None, typer.Option(help="Write each logged face crop as PNG here (the only "
+                                                        "way face pixels reach the disk).")] = None,
+    preview: Annotated[bool, typer.Option(help="Show a window with boxes and labels (needs a display).")] = False,
+    status: Annotated[bool, typer.Option(help="Live status line on a terminal.")] = True,
+    max_frames: Annotated[int, typer.Option(help="Stop after this many frames (0: no limit).")] = 0,
+) -> None:
+    """Detect, classify and track faces from a camera, video or images, logging results locally."""
+    import logging
+
+    from ferlite.device.run import run
+
+    width, height = _resolution(resolution)
+    cfg = RunConfig(camera=camera, source=source, bundle=str(bundle) if bundle else None, width=width, height=height,
+                    max_fps=max_fps, detector=detector, blazeface_model=blazeface_model, detect_every=detect_every,
+                    detect_width=detect_width, min_face=min_face, threads=threads, threshold=threshold,
+                    smoothing=smoothing, max_missed=max_missed, log=log, log_format=log_format, privacy=privacy,
+                    retention_days=retention_days, retention_mb=retention_mb, save_faces=save_faces,
+                    preview=preview, status=status, max_frames=max_frames)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    stats, run_id = run(cfg.validate())
+    typer.echo(f"run {run_id}: {stats.frames} frames, {stats.skipped} skipped, {stats.read_failures} failed reads, "
+               f"{stats.detections} faces logged to {cfg.log_path()}", err=True)
+
+
+@app.command("predict")
+def predict_cmd(
+    images: Annotated[list[Path], typer.Argument(help="Photos to classify every detected face in.")],
+    bundle: Annotated[Path | None, typer.Option(help="Bundle (default: the shipped CNN).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
+    annotate: Annotated[Path | None, typer.Option(help="Write each photo with boxes and labels drawn "
+                                                       "into this folder.")] = None,
+    detector: Annotated[str, typer.Option(help="Face detector: haar, dlib (HOG) or blazeface.")] = _RUN.detector,
+    min_face: Annotated[int, typer.Option(help="Smallest face to detect, in pixels.")] = _RUN.min_face,
+    detect_width: Annotated[int, typer.Option(help="Haar: photo width detection runs at.")] = 640,
+    threshold: Annotated[float, typer.Option(help="Below this top probability the label is 'uncertain'.")]
+    = _RUN.threshold,
+    threads: Annotated[int | None, typer.Option(help="Interpreter threads.")] = None,
+) -> None:
+    """Classify the faces in photos: a table, or JSON with one result per detected face."""
+    import cv2
+
+    from ferlite.bundle import read_bundle
+    from ferlite.device.detectors import make_detector
+    from ferlite.device.pipeline import annotate as draw
+    from ferlite.device.report import predict_photo, print_predictions
+    from ferlite.errors import SourceError
+    from ferlite.runtime import Predictor
+
+    missing = [str(p) for p in images if not p.is_file()]
+    if missing:
+        raise SourceError(f"no such image: {', '.join(missing)}")
+    predictor = Predictor(read_bundle(_bundle_path(bundle)), threads)
+    found = make_detector(detector, width=detect_width, min_face=min_face, threads=threads)
+    records = []
+    for path in images:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            records.append({"image": str(path), "faces": [], "error": "unreadable image"})
+            continue
+        results = predict_photo(image, found, predictor, threshold)
+        records.append({"image": str(path), "faces": [{"face": r.track, "box": list(r.box), "label": r.label,
+                                                       "confidence": round(r.confidence, 4), "probs": r.probs}
+                                                      for r in results]})
+        if annotate is not None:
+            annotate.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(annotate / f"{path.stem}.annotated.png"), draw(image, results))
+    print_predictions(records, json_out)
+    if any(rec.get("error") for rec in records):
+        raise SystemExit(1)
+
+
+LogArg = Annotated[Path, typer.Argument(help="Results log, SQLite or JSONL.")]
+
+
+@log_app.command("summary")
+def log_summary_cmd(
+    log: LogArg = Path("results.db"),
+    json_out: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Each run: source, detector, frames, faces, tracks and faces per label."""
+    from ferlite.device.log import open_reader
+    from ferlite.device.report import print_summary, summarize
+
+    print_summary(summarize(open_reader(log)), json_out)
+
+
+@log_app.command("export")
+def log_export_cmd(
+    log: LogArg = Path("results.db"),
+    csv_out: Annotated[str | None, typer.Option("--csv", help="Write CSV here ('-': stdout).")] = None,
+    jsonl_out: Annotated[str | None, typer.Option("--jsonl", help="Write JSON lines here ('-': stdout).")] = None,
+    counts: Annotated[bool, typer.Option(help="Export the per-minute counts (privacy runs) instead of "
+                                              "detections.")] = False,
+) -> None:
+    """Export detections (or per-minute counts) as CSV or JSON lines."""
+    from ferlite.device.log import open_reader
+    from ferlite.device.report import export
+
+    if (csv_out is None) == (jsonl_out is None):
+        raise ConfigError("give exactly one of --csv FILE or --jsonl FILE")
+    rows = export(open_reader(log), csv_out or jsonl_out, "csv" if csv_out else "jsonl", counts=counts)
+    if (csv_out or jsonl_out) != "-":
+        typer.echo(f"{rows} rows written to {csv_out or jsonl_out}", err=True)
+
+
+@log_app.command("plot")
+def log_plot_cmd(
+    out: Annotated[Path, typer.Option("--out", help="PNG to write.")],
+    log: LogArg = Path("results.db"),
+    run: Annotated[int | None, typer.Option(help="Only this run (default: all).")] = None,
+) -> None:
+    """Emotion timeline (faces per label per minute) and distribution, as one PNG."""
+    from ferlite.device.log import open_reader
+    from ferlite.device.report import timeline
+    from ferlite.plots import emotions_png
+
+    minutes, series = timeline(open_reader(log), run)
+    if not minutes:
+        raise ConfigError(f"{log}: no results to plot" + (f" for run {run}" if run is not None else ""))
+    emotions_png(minutes, series, out, title=f"{log.name}" + (f" run {run}" if run is not None else ""))
+    typer.echo(f"plot: {out}", err=True)
 
 
 def main() -> None:

@@ -27,3 +27,15 @@ class VerificationError(FerliteError):
     """The int8 model disagrees with the float model beyond the allowed margin."""
 
     exit_code = 1
+
+
+class ConfigError(FerliteError):
+    """Run options that are out of range or contradict each other."""
+
+
+class SourceError(FerliteError):
+    """A camera, video, image or folder to read frames from cannot be found or opened."""
+
+
+class LogError(FerliteError):
+    """A results log cannot be opened, or is not a ferlite log."""

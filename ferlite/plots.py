@@ -59,3 +59,29 @@ def curves_png(history: dict[str, list[float]], path: str | Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+def emotions_png(minutes: list[str], series: dict[str, list[int]], path: str | Path, title: str = "") -> Path:
+    """Faces per label per minute as stacked bars, beside each label's share of all faces."""
+    plt = _pyplot()
+    names = list(series)
+    counts = np.array([series[n] for n in names], dtype=np.float64).reshape(len(names), len(minutes))
+    fig, (timeline, share) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [3, 1]})
+    x = np.arange(len(minutes))
+    bottom = np.zeros(len(minutes))
+    for name, row in zip(names, counts):
+        timeline.bar(x, row, bottom=bottom, width=1.0, label=name)
+        bottom += row
+    ticks = x[:: max(1, len(x) // 8)]
+    timeline.set_xticks(ticks, [minutes[i][5:16].replace("T", " ") for i in ticks], rotation=30, ha="right")
+    timeline.set_ylabel("faces per minute")
+    timeline.set_title(title or "emotions over time (UTC)")
+    timeline.legend(loc="upper left", fontsize=8)
+    totals = counts.sum(axis=1)
+    share.barh(names, totals / max(totals.sum(), 1))
+    share.set_xlabel("share of faces")
+    share.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

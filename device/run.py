@@ -1,0 +1,40 @@
+"""Build the pipeline's stages from a RunConfig and run it: what `ferlite run` and the service call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ferlite.bundle import read_bundle
+from ferlite.config import RunConfig
+from ferlite.device.detectors import make_detector
+from ferlite.device.log import RunInfo, open_log
+from ferlite.device.pipeline import Hooks, Pipeline, Stats
+from ferlite.device.sources import open_camera, open_source
+from ferlite.device.tracker import Tracker
+from ferlite.runtime import Predictor
+
+
+def bundle_path(cfg: RunConfig) -> Path:
+    from ferlite.models import DEFAULT_CNN
+
+    return Path(cfg.bundle) if cfg.bundle else DEFAULT_CNN
+
+
+def run(cfg: RunConfig, hooks: Hooks | None = None) -> tuple[Stats, int]:
+    """Run until the source ends, max_frames, or SIGTERM/SIGINT; (stats, run id in the log)."""
+    cfg.validate()
+    predictor = Predictor(read_bundle(bundle_path(cfg)), cfg.threads)
+    detector = make_detector(cfg.detector, width=cfg.detect_width, min_face=cfg.min_face,
+                             blazeface_model=cfg.blazeface_model, threads=cfg.threads)
+    size = (cfg.width, cfg.height) if cfg.width and cfg.height else None
+    source = open_camera(size, cfg.max_fps) if cfg.camera else open_source(str(cfg.source), size, cfg.max_fps)
+    try:
+        info = RunInfo(predictor.bundle.sha256, list(predictor.labels), source.name, detector.name, cfg.to_dict())
+        results = open_log(cfg.log_path(), cfg.log_format, info, privacy=cfg.privacy,
+                           max_age_s=cfg.retention_days * 86400, max_bytes=int(cfg.retention_mb * 2**20))
+    except BaseException:
+        source.close()
+        raise
+    tracker = Tracker(cfg.iou, cfg.smoothing, cfg.max_missed)
+    stats = Pipeline(source, detector, predictor, tracker, results, cfg, hooks).run()
+    return stats, results.run_id
