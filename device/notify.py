@@ -1,7 +1,7 @@
-"""sd_notify in pure Python: READY, STATUS, WATCHDOG and STOPPING datagrams to systemd.
+"""sd_notify in pure Python: the pipeline hooks that tell systemd READY, STATUS, WATCHDOG and STOPPING.
 
-A no-op when NOTIFY_SOCKET is unset (not started by systemd). The watchdog is pinged only while
-frames actually flow, so a stuck camera lets systemd's WatchdogSec fire and restart the service.
+A no-op when NOTIFY_SOCKET is unset (not started by systemd). The watchdog is pinged only from the
+per-frame hook, so it stops as soon as frames stop: a stuck camera lets WatchdogSec fire.
 """
 
 from __future__ import annotations
@@ -10,9 +10,19 @@ import os
 import socket
 import time
 
+from ferlite.device.pipeline import Stats
+
+PING_EVERY_S = 1.0
+
+
+def status_text(stats: Stats) -> str:
+    """The one-line STATUS systemctl shows: fps, faces in the last frame, their labels."""
+    labels = ", ".join(stats.labels) if stats.labels else "none"
+    return f"{stats.fps:.1f} fps, {stats.frames} frames, {stats.faces} faces ({labels})"
+
 
 class Notifier:
-    """Talks to the socket named by $NOTIFY_SOCKET (a path, or '@name' in the abstract namespace)."""
+    """Pipeline hooks speaking to $NOTIFY_SOCKET (a path, or '@name' in the abstract namespace)."""
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
         env = os.environ if env is None else env
@@ -22,15 +32,10 @@ class Notifier:
         self.watchdog = bool(env.get("WATCHDOG_USEC")) and (not pid or pid == str(os.getpid()))
         self._sock: socket.socket | None = None
         self._last_ping = 0.0
-        self.ready_sent = False
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.address)
 
     def send(self, message: str) -> bool:
         """Send one datagram; False (never an exception) when there is no socket or it is gone."""
-        if not self.enabled:
+        if not self.address:
             return False
         try:
             if self._sock is None:
@@ -40,28 +45,22 @@ class Notifier:
             return False
         return True
 
-    def ready(self) -> None:
-        if not self.ready_sent:
-            self.ready_sent = self.send("READY=1")
+    def ready(self, stats: Stats) -> None:
+        """After the first processed frame: the service is up."""
+        self.send(f"READY=1\nSTATUS={status_text(stats)}")
 
-    def status(self, text: str) -> None:
-        self.send(f"STATUS={text}")
+    def frame(self, stats: Stats) -> None:
+        """After every processed frame: WATCHDOG and STATUS, at most once a second.
 
-    def frame_processed(self, status: str) -> None:
-        """After every processed frame: READY once, then WATCHDOG and STATUS at most once a second.
-
-        Once a second is well inside any sensible WatchdogSec (systemd advises pinging at half of it).
+        Once a second is well inside any sensible WatchdogSec (systemd advises half of it).
         """
-        self.ready()
         now = time.monotonic()
-        if now - self._last_ping >= 1.0:
+        if now - self._last_ping >= PING_EVERY_S:
             self._last_ping = now
-            self.send(("WATCHDOG=1\n" if self.watchdog else "") + f"STATUS={status}")
+            self.send(("WATCHDOG=1\n" if self.watchdog else "") + f"STATUS={status_text(stats)}")
 
-    def stopping(self) -> None:
-        self.send("STOPPING=1")
-
-    def close(self) -> None:
+    def stopping(self, stats: Stats) -> None:
+        self.send(f"STOPPING=1\nSTATUS=stopping after {stats.frames} frames")
         if self._sock is not None:
             self._sock.close()
             self._sock = None

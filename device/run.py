@@ -8,6 +8,7 @@ from ferlite.bundle import read_bundle
 from ferlite.config import RunConfig
 from ferlite.device.detectors import make_detector
 from ferlite.device.log import RunInfo, open_log
+from ferlite.device.notify import Notifier
 from ferlite.device.pipeline import Hooks, Pipeline, Stats
 from ferlite.device.sources import open_camera, open_source
 from ferlite.device.tracker import Tracker
@@ -20,8 +21,8 @@ def bundle_path(cfg: RunConfig) -> Path:
     return Path(cfg.bundle) if cfg.bundle else DEFAULT_CNN
 
 
-def run(cfg: RunConfig, hooks: Hooks | None = None) -> tuple[Stats, int]:
-    """Run until the source ends, max_frames, or SIGTERM/SIGINT; (stats, run id in the log)."""
+def build(cfg: RunConfig, hooks: Hooks) -> Pipeline:
+    """Every stage constructed and opened for `cfg`: what `run` runs and `ferlite bench` times."""
     cfg.validate()
     predictor = Predictor(read_bundle(bundle_path(cfg)), cfg.threads)
     detector = make_detector(cfg.detector, width=cfg.detect_width, min_face=cfg.min_face,
@@ -36,5 +37,13 @@ def run(cfg: RunConfig, hooks: Hooks | None = None) -> tuple[Stats, int]:
         source.close()
         raise
     tracker = Tracker(cfg.iou, cfg.smoothing, cfg.max_missed)
-    stats = Pipeline(source, detector, predictor, tracker, results, cfg, hooks).run()
-    return stats, results.run_id
+    return Pipeline(source, detector, predictor, tracker, results, cfg, hooks)
+
+
+def run(cfg: RunConfig, hooks: Hooks | None = None) -> tuple[Stats, int]:
+    """Run until the source ends, max_frames, or SIGTERM/SIGINT; (stats, run id in the log).
+
+    Without `hooks`, systemd is told about the run through $NOTIFY_SOCKET when it is set.
+    """
+    pipeline = build(cfg, hooks or Notifier())
+    return pipeline.run(), pipeline.results.run_id

@@ -36,6 +36,9 @@ def ferlite_executable() -> Path:
     argv0 = Path(sys.argv[0])
     if argv0.name == "ferlite" and argv0.exists():
         return argv0.resolve()
+    beside_python = Path(sys.executable).parent / "ferlite"  # `python -m ferlite` from a venv
+    if beside_python.exists():
+        return beside_python.absolute()
     found = shutil.which("ferlite")
     if not found:
         raise ServiceError("cannot find the installed `ferlite` executable; install ferlite with pip first")
@@ -106,3 +109,21 @@ def systemctl_status() -> str:
     result = subprocess.run(["systemctl", "status", UNIT_NAME, "--no-pager", "--lines=0"],
                             capture_output=True, text=True)
     return (result.stdout or result.stderr).strip()
+
+
+def recent_results(log: Path, minutes: int) -> str:
+    """Faces per label for each of the last `minutes` minutes that have results, as text lines."""
+    from ferlite.device.log import open_reader
+    from ferlite.device.report import timeline
+
+    if not log.exists():
+        return f"no results yet ({log} does not exist)"
+    stamps, per_label = timeline(open_reader(log))
+    recent = stamps[-minutes:]
+    if not recent:
+        return f"no results in {log}"
+    lines = [f"last {len(recent)} minute(s) with faces in {log}:"]
+    for i, minute in enumerate(stamps[len(stamps) - len(recent):], len(stamps) - len(recent)):
+        counts = ", ".join(f"{label} {values[i]}" for label, values in per_label.items() if values[i])
+        lines.append(f"  {minute}  {counts}")
+    return "\n".join(lines)

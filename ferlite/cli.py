@@ -62,6 +62,45 @@ def train_cnn_cmd(
     typer.echo(f"model: {model}\nreport: {model.parent / 'report.md'}")
 
 
+LandmarksOpt = Annotated[str | None, typer.Option("--landmarks", help="dlib's shape_predictor_68_face_landmarks.dat "
+                                                  "(default: $FERLITE_LANDMARKS, else from face-recognition-models).")]
+
+
+@train_app.command("svm")
+def train_svm_cmd(
+    data: Annotated[list[str], typer.Option(help="Labelled face crops (.npz, folder per class); repeat to combine "
+                                                 "datasets.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Run folder (outside git, e.g. runs/NAME).")],
+    group_by: Annotated[str, typer.Option(help="Cross-validate by 'subject' (subject-independent; needs subject "
+                                               "ids) or by 'image'.")] = "subject",
+    folds: Annotated[int, typer.Option(help="Folds; with no more subjects than this, leave-one-subject-out.")] = 10,
+    labels: Annotated[str, typer.Option(help="Label set: fer7, fer6 (disgust into angry) or ferplus.")] = "fer7",
+    rff: Annotated[int, typer.Option(help="Random Fourier features approximating an RBF kernel (0: linear "
+                                          "SVM).")] = 0,
+    gamma: Annotated[float, typer.Option(help="RBF gamma on standardized features (0: 1/features).")] = 0.0,
+    l2: Annotated[float, typer.Option(help="L2 weight decay of the SVM (larger: softer margin).")] = 1e-3,
+    epochs: int = 200,
+    seed: int = 0,
+    landmarks: LandmarksOpt = None,
+) -> None:
+    """Landmark features -> one-vs-rest SVM; writes model.keras and report.{json,md}, confusion.png."""
+    if folds < 2:
+        raise FerliteError("--folds must be at least 2")
+    import json
+
+    from ferlite.training.svm import SvmConfig, train_svm
+
+    cfg = SvmConfig(data=data, out=str(out), labels=labels, group_by=group_by, folds=folds, rff=rff, gamma=gamma,
+                    l2=l2, epochs=epochs, seed=seed, landmarks=landmarks)
+    model = train_svm(cfg, command=_command_line())
+    report = json.loads((model.parent / "report.json").read_text())
+    typer.echo(f"{report['evaluation']}: accuracy {report['metrics']['accuracy']:.2%}, "
+               f"macro-F1 {report['metrics']['macro_f1']:.3f}")
+    for name, row in report["per_source"].items():
+        typer.echo(f"  {name}: {row['accuracy']:.2%} on {row['samples']} faces of {row['subjects']} subjects")
+    typer.echo(f"model: {model}\nreport: {model.parent / 'report.md'}")
+
+
 def _bundle_path(bundle: Path | None) -> Path:
     """The given bundle, or the shipped default CNN bundle."""
     from ferlite.models import DEFAULT_CNN
@@ -84,14 +123,15 @@ def convert_cmd(
                                           "(fraction of a Haar-style box).")] = 0.0,
     force: Annotated[bool, typer.Option(help="Write the bundle even if verification fails.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    landmarks: LandmarksOpt = None,
 ) -> None:
-    """Quantize to full int8, verify against float, write one .ferlite bundle."""
+    """Quantize to full int8, verify against float, write one .ferlite bundle (kind from the model's input)."""
     from ferlite.convert.converter import convert_model
     from ferlite.convert.verify import Gate
 
     result = convert_model(model, calibration, out, eval_data=eval_data, calibration_size=calibration_size,
                            gate=Gate(max_drop, min_agreement), force=force, tta_flip=tta_flip, margin=margin,
-                           command=_command_line())
+                           command=_command_line(), landmarks=landmarks)
     from ferlite.console import print_conversion
 
     print_conversion(result.figures, result.path, json_out)
@@ -161,6 +201,9 @@ def _resolution(text: str | None) -> tuple[int | None, int | None]:
 
 @app.command("run")
 def run_cmd(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option(help="TOML file of run options; flags given here override "
+                                                     "it.")] = None,
     camera: Annotated[bool, typer.Option("--camera", help="The Pi camera (picamera2) if installed, "
                                                           "else the first V4L2/USB camera.")] = False,
     source: Annotated[str | None, typer.Option(help="Camera index, /dev/videoN, video file, image or folder "
@@ -198,17 +241,18 @@ def run_cmd(
     """Detect, classify and track faces from a camera, video or images, logging results locally."""
     import logging
 
+    from ferlite.config import build_config
     from ferlite.device.run import run
 
-    width, height = _resolution(resolution)
-    cfg = RunConfig(camera=camera, source=source, bundle=str(bundle) if bundle else None, width=width, height=height,
-                    max_fps=max_fps, detector=detector, blazeface_model=blazeface_model, detect_every=detect_every,
-                    detect_width=detect_width, min_face=min_face, threads=threads, threshold=threshold,
-                    smoothing=smoothing, max_missed=max_missed, log=log, log_format=log_format, privacy=privacy,
-                    retention_days=retention_days, retention_mb=retention_mb, save_faces=save_faces,
-                    preview=preview, status=status, max_frames=max_frames)
+    given = {name: value for name, value in ctx.params.items()
+             if ctx.get_parameter_source(name).name == "COMMANDLINE" and name not in ("config", "resolution")}
+    if "bundle" in given:
+        given["bundle"] = str(bundle)
+    if resolution is not None:
+        given["width"], given["height"] = _resolution(resolution)
+    cfg = build_config(config, given)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    stats, run_id = run(cfg.validate())
+    stats, run_id = run(cfg)
     typer.echo(f"run {run_id}: {stats.frames} frames, {stats.skipped} skipped, {stats.read_failures} failed reads, "
                f"{stats.detections} faces logged to {cfg.log_path()}", err=True)
 
@@ -258,6 +302,32 @@ def predict_cmd(
     print_predictions(records, json_out)
     if any(rec.get("error") for rec in records):
         raise SystemExit(1)
+
+
+@app.command("bench")
+def bench_cmd(
+    bundle: Annotated[Path | None, typer.Option(help="Bundle (default: the shipped CNN).")] = None,
+    source: Annotated[str | None, typer.Option(help="Video, image or folder of images, looped as needed "
+                                                    "(default: the test clip tests/fixtures/clip.avi).")] = None,
+    detector: Annotated[str, typer.Option(help="Face detector: haar, dlib (HOG) or blazeface.")] = _RUN.detector,
+    threads: Annotated[int | None, typer.Option(help="Interpreter threads.")] = None,
+    frames: Annotated[int, typer.Option(help="Frames (model-only: calls) measured after the warm-up.")] = 300,
+    warmup: Annotated[int, typer.Option(help="Frames (model-only: calls) run before measuring.")] = 20,
+    model_only: Annotated[bool, typer.Option("--model-only", help="Time the bundle alone on real faces from "
+                                                                  "the source, one face per call.")] = False,
+    keras: Annotated[Path | None, typer.Option(help="Model-only: also time this .keras model as float TFLite "
+                                                    "(imports TensorFlow).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Per-stage latency (median, p95), frames/s, faces/s, peak RSS and time to first prediction of `run`."""
+    from ferlite.device.bench import bench_model, bench_pipeline, default_source, print_bench
+
+    if keras is not None and not model_only:
+        raise ConfigError("--keras compares float with int8 inference: add --model-only")
+    cfg = RunConfig(source=source or str(default_source()), bundle=str(bundle) if bundle else None,
+                    detector=detector, threads=threads)
+    report = bench_model(cfg, frames, warmup, keras) if model_only else bench_pipeline(cfg, frames, warmup)
+    print_bench(report, json_out)
 
 
 LogArg = Annotated[Path, typer.Argument(help="Results log, SQLite or JSONL.")]
@@ -310,6 +380,90 @@ def log_plot_cmd(
         raise ConfigError(f"{log}: no results to plot" + (f" for run {run}" if run is not None else ""))
     emotions_png(minutes, series, out, title=f"{log.name}" + (f" run {run}" if run is not None else ""))
     typer.echo(f"plot: {out}", err=True)
+
+
+config_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="The TOML file of `ferlite run` options.")
+app.add_typer(config_app, name="config")
+service_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Run ferlite as a systemd service.")
+app.add_typer(service_app, name="service")
+
+
+def _default_config_text() -> str:
+    """The commented default config, its comments taken from `ferlite run --help` (one source of truth)."""
+    from ferlite.config import default_toml
+
+    command = typer.main.get_command(app).get_command(None, "run")
+    helps = {p.name: p.help for p in command.params if getattr(p, "help", None)}
+    helps["width"] = helps["height"] = helps.pop("resolution", "Camera resolution.")
+    return default_toml(helps)
+
+
+@config_app.command("init")
+def config_init_cmd(
+    path: Annotated[Path, typer.Argument(help="Where to write it ('-': print it).")] = Path(
+        "/etc/ferlite/ferlite.toml"),
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented default config listing every run option."""
+    text = _default_config_text()
+    if str(path) == "-":
+        typer.echo(text)
+        return
+    if path.exists() and not force:
+        raise FerliteError(f"{path} exists; pass --force to overwrite it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except PermissionError:
+        raise FerliteError(f"{path}: permission denied (sudo, or give another path)") from None
+    typer.echo(f"wrote {path}")
+
+
+@service_app.command("install")
+def service_install_cmd(
+    dry_run: Annotated[bool, typer.Option(help="Print the unit, the config and each step; change nothing.")] = False,
+    config: Annotated[Path, typer.Option(help="Config file the service reads.")] = Path("/etc/ferlite/ferlite.toml"),
+    unit_dir: Annotated[Path, typer.Option(help="Where unit files live.")] = Path("/etc/systemd/system"),
+) -> None:
+    """Install, enable and start the hardened systemd unit running `ferlite run --camera`."""
+    from ferlite.device import service
+
+    steps = service.install_steps(service.ferlite_executable(), _default_config_text(), unit_dir, config)
+    if dry_run:
+        typer.echo(service.describe(steps))
+        return
+    service.check_can_manage()
+    service.apply(steps)
+    typer.echo("ferlite.service installed and started; follow it with: journalctl -u ferlite -f")
+
+
+@service_app.command("uninstall")
+def service_uninstall_cmd(
+    dry_run: Annotated[bool, typer.Option(help="Print each step; change nothing.")] = False,
+    unit_dir: Annotated[Path, typer.Option(help="Where unit files live.")] = Path("/etc/systemd/system"),
+) -> None:
+    """Stop, disable and remove the unit (the config and the results are kept)."""
+    from ferlite.device import service
+
+    steps = service.uninstall_steps(unit_dir)
+    if dry_run:
+        typer.echo(service.describe(steps))
+        return
+    service.check_can_manage()
+    service.apply(steps)
+    typer.echo("ferlite.service removed")
+
+
+@service_app.command("status")
+def service_status_cmd(
+    log: Annotated[Path, typer.Option(help="The service's results database.")] = Path("/var/lib/ferlite/results.db"),
+    minutes: Annotated[int, typer.Option(help="How many recent minutes of results to show.")] = 10,
+) -> None:
+    """systemd's view of the service, then the faces per label of the last minutes."""
+    from ferlite.device import service
+
+    typer.echo(service.systemctl_status())
+    typer.echo(service.recent_results(log, minutes))
 
 
 def main() -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import tomllib
+import typing
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 from ferlite.errors import ConfigError
 
@@ -79,3 +82,60 @@ class RunConfig:
             if not ok:
                 raise ConfigError(message)
         return self
+
+
+def _accepts(hint: object, value: object) -> bool:
+    """Whether a TOML value fits a RunConfig field type (int is fine for float; bool is not an int)."""
+    kinds = typing.get_args(hint) or (hint,)
+    if isinstance(value, bool):
+        return bool in kinds
+    if isinstance(value, int) and (int in kinds or float in kinds):
+        return True
+    return any(isinstance(value, k) for k in kinds if isinstance(k, type) and k is not type(None))
+
+
+def read_toml(path: str | Path) -> dict:
+    """`ferlite run` options from a TOML file: top-level keys named like RunConfig's fields.
+
+    Unknown keys and values of the wrong type are errors naming the key, so a typo never goes unnoticed.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found (create one with `ferlite config init {path}`)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    hints = typing.get_type_hints(RunConfig)
+    for key, value in data.items():
+        if key not in hints:
+            raise ConfigError(f"{path}: unknown key {key!r}")
+        if not _accepts(hints[key], value):
+            raise ConfigError(f"{path}: {key} = {value!r} has the wrong type")
+    return data
+
+
+def build_config(file: str | Path | None, flags: dict) -> RunConfig:
+    """Defaults, overridden by the TOML file, overridden by the flags given on the command line."""
+    values = read_toml(file) if file else {}
+    return RunConfig(**{**values, **flags}).validate()
+
+
+def default_toml(helps: dict[str, str]) -> str:
+    """A commented TOML file listing every option at its default; `helps` maps field names to help text."""
+    lines = ["# ferlite run options. Flags given on the command line override these.",
+             "# Keys are `ferlite run --help` options with '_' for '-'; uncomment a line to change it.", ""]
+    for f in fields(RunConfig):
+        if f.name in helps:
+            lines.append(f"# {helps[f.name]}")
+        value = getattr(RunConfig(), f.name)
+        if value is None:
+            hint = typing.get_type_hints(RunConfig)[f.name]
+            kind = next(k.__name__ for k in typing.get_args(hint) if k is not type(None))
+            lines.append(f"# {f.name} = <{kind}>    (unset by default)")
+        else:
+            rendered = str(value).lower() if isinstance(value, bool) else repr(value).replace("'", '"')
+            lines.append(f"# {f.name} = {rendered}")
+        lines.append("")
+    return "\n".join(lines)

@@ -7,11 +7,15 @@ RGB888 arrives as B, G, R and XBGR8888 as R, G, B, 255, as libcamera delivers th
 
 from __future__ import annotations
 
+import time
+
 import cv2
 import numpy as np
 
 CLIP = None  # set by the test: path of a video to serve frames from
 FAIL_EVERY = 0  # when > 0, every FAIL_EVERY-th capture raises, as a flaky camera would
+STALL_AFTER = 0  # when > 0, the capture after STALL_AFTER frames hangs for STALL_SECONDS, as a stuck camera would
+STALL_SECONDS = 0.0
 CAMERAS: list[Picamera2] = []
 
 
@@ -42,6 +46,8 @@ class Picamera2:
         self._captures += 1
         if FAIL_EVERY and self._captures % FAIL_EVERY == 0:
             raise RuntimeError("Camera frontend has timed out!")
+        if STALL_AFTER and self._captures == STALL_AFTER + 1:
+            time.sleep(STALL_SECONDS)
         ok, bgr = self._cap.read()
         if not ok:
             self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
