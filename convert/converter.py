@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +36,10 @@ def load_keras(path: str | Path):
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
     keras = import_keras()
+    from ferlite.training.models import custom_objects
+
     try:
-        return keras.models.load_model(path, compile=False)
+        return keras.models.load_model(path, compile=False, custom_objects=custom_objects())
     except Exception as exc:  # Keras raises many types for a bad file
         raise ModelError(f"{path}: not a loadable Keras model ({str(exc).splitlines()[0][:160]})") from None
 
@@ -45,6 +47,10 @@ def load_keras(path: str | Path):
 def keras_probs(model, inputs: np.ndarray, tta_flip: bool = False) -> np.ndarray:
     """Float probabilities from the Keras model, for the same inputs the interpreter gets."""
     x = inputs.astype(np.float32)
+    if x.ndim == 2:
+        from ferlite.runtime import predict_features
+
+        return predict_features(x, lambda ok: model.predict(ok, batch_size=256, verbose=0), model.output_shape[-1])
     if x.ndim == 3:
         x = x[..., None]
     probs = model.predict(x, batch_size=256, verbose=0)
@@ -78,7 +84,7 @@ def provenance(model_path: Path, command: str) -> dict:
         "convert_command": command,
         "ferlite_version": ferlite.__version__,
         "git_commit": _git_commit(),
-        "created_utc": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "created_utc": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
     }
 
 
@@ -91,31 +97,60 @@ def _int8_probs(model_bytes: bytes, manifest: Manifest, inputs: np.ndarray, tta_
     return predict_dataset(predictor, inputs, description="int8 eval" + (" (flip)" if tta_flip else ""))
 
 
+def _plan(model, model_path: Path, margin: float, landmarks: str | None) -> tuple[str, dict, dict]:
+    """The bundle kind, its preprocess recipe and options, from the model's input shape and its run folder."""
+    shape = model.input_shape
+    if len(shape) == 4 and shape[1] == shape[2] and shape[3] == 1:
+        return "cnn", PreprocessSpec(size=int(shape[1]), margin=margin).to_dict(), {}
+    if len(shape) == 2:
+        from ferlite.features import SIZE, VERSION
+        from ferlite.landmarks import LandmarkSpec, landmarker
+
+        spec = LandmarkSpec.from_dict(_read_json(model_path.parent / "config.json").get("preprocess", {}))
+        if shape[1] != SIZE or spec.features != VERSION:
+            raise ModelError(f"{model_path}: {shape[1]} inputs do not match landmark feature recipe v{VERSION} "
+                             f"({SIZE} values); retrain with `ferlite train svm`")
+        fitter = landmarker(spec, landmarks)
+        spec = replace(spec, landmark_sha256=fitter.sha256)
+        return "landmark-svm", spec.to_dict(), {"detector": spec.detector}
+    raise ModelError(f"{model_path}: expected a square grayscale image input (N, S, S, 1) or landmark features "
+                     f"(N, F), got {shape}")
+
+
 def convert_model(model_path: str | Path, calibration: str, out: str | Path, *, eval_data: str | None = None,
                   calibration_size: int = 500, gate: Gate = Gate(), force: bool = False, tta_flip: bool = False,
-                  margin: float = PreprocessSpec.margin, command: str = "", seed: int = 0) -> ConvertResult:
+                  margin: float = PreprocessSpec.margin, command: str = "", seed: int = 0,
+                  landmarks: str | None = None) -> ConvertResult:
     """Quantize, verify and (if the gate passes or `force`) write the bundle."""
+    from ferlite.inputs import images_inputs
+
     model_path = Path(model_path)
     model = load_keras(model_path)
-    shape = model.input_shape
-    if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 1:
-        raise ModelError(f"{model_path}: expected a square grayscale image input (N, S, S, 1), got {shape}")
+    kind, preprocess, options = _plan(model, model_path, margin, landmarks)
+    if tta_flip and kind != "cnn":
+        raise FerliteError("--tta-flip applies to cnn models only")
     labels = model_labels(model_path, model.output_shape[-1])
-    spec = PreprocessSpec(size=int(shape[1]), margin=margin)
-    calib, rest = calibration_split(load_dataset(calibration, spec).relabel(labels), calibration_size, seed)
-    evaluation = load_dataset(eval_data, spec).relabel(labels) if eval_data else rest
+    size = PreprocessSpec.from_dict(preprocess) if kind == "cnn" else None
+    calib, rest = calibration_split(load_dataset(calibration, size).relabel(labels), calibration_size, seed)
+    evaluation = load_dataset(eval_data, size).relabel(labels) if eval_data else rest
     if len(evaluation) == 0:
         raise FerliteError("no faces left to verify on: give --eval or a larger --calibration set")
+    calib_x = images_inputs(kind, preprocess, calib.images, landmarks)
+    eval_x = images_inputs(kind, preprocess, evaluation.images, landmarks)
+    if kind == "landmark-svm":
+        calib_x = calib_x[np.isfinite(calib_x).all(axis=1)]
 
-    tflite = quantize_keras(model, calib.images)
-    manifest = _manifest(tflite, "cnn", labels, spec.to_dict(), {"tta_flip": tta_flip})
-    figures = compare(evaluation.labels, keras_probs(model, evaluation.images),
-                      _int8_probs(tflite, manifest, evaluation.images, False), labels)
+    tflite = quantize_keras(model, calib_x)
+    manifest = _manifest(tflite, kind, labels, preprocess, {**options, "tta_flip": tta_flip})
+    figures = compare(evaluation.labels, keras_probs(model, eval_x),
+                      _int8_probs(tflite, manifest, eval_x, False), labels)
     figures.update(data=evaluation.source if eval_data else f"{calibration} (not calibration faces)",
-                   samples=len(evaluation), calibration={"data": calibration, "samples": len(calib)})
+                   samples=len(evaluation), calibration={"data": calibration, "samples": len(calib_x)})
+    if kind == "landmark-svm":
+        figures["landmark_failures"] = int((~np.isfinite(eval_x).all(axis=1)).sum())
     if tta_flip:
-        figures["tta_flip"] = compare(evaluation.labels, keras_probs(model, evaluation.images, True),
-                                      _int8_probs(tflite, manifest, evaluation.images, True), labels)
+        figures["tta_flip"] = compare(evaluation.labels, keras_probs(model, eval_x, True),
+                                      _int8_probs(tflite, manifest, eval_x, True), labels)
     manifest.metrics = figures
     manifest.provenance = provenance(model_path, command)
     failure = gate_failure(figures["tta_flip"] if tta_flip else figures, gate)

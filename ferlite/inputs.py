@@ -1,7 +1,9 @@
 """Model inputs for a bundle's kind: face crops for `cnn`, landmark features for `landmark-svm`.
 
-The device, `ferlite predict` and `ferlite eval` call these two functions, so each kind prepares
-faces in exactly one way wherever it runs.
+The device, `ferlite predict`, `ferlite eval` and `ferlite convert` call these functions, so each
+kind prepares faces in exactly one way wherever it runs. A face whose landmarks cannot be fitted
+gets a row of NaN features; the Predictor answers it with uniform probabilities (see
+ferlite.runtime.predict_features), so every box keeps its result and nothing crashes.
 """
 
 from __future__ import annotations
@@ -14,18 +16,45 @@ from ferlite.preprocess import PreprocessSpec, crop_face, fit_images
 Box = tuple[int, int, int, int]
 
 
+def _landmarker(preprocess: dict, path: str | None = None):
+    from ferlite.errors import BundleError
+    from ferlite.features import VERSION
+    from ferlite.landmarks import LandmarkSpec, landmarker
+
+    spec = LandmarkSpec.from_dict(preprocess)
+    if spec.features != VERSION:
+        raise BundleError(f"the model uses landmark feature recipe v{spec.features}; this ferlite computes "
+                          f"v{VERSION} (install the matching ferlite)")
+    return landmarker(spec, path)
+
+
 def face_inputs(manifest: Manifest, gray: np.ndarray, boxes: list[Box]) -> np.ndarray:
     """Inputs for each detected face box (x, y, w, h) in a grayscale frame."""
-    spec = PreprocessSpec.from_dict(manifest.preprocess)
     if manifest.kind == "cnn":
+        spec = PreprocessSpec.from_dict(manifest.preprocess)
         if not boxes:
             return np.zeros((0, spec.size, spec.size), np.uint8)
         return np.stack([crop_face(gray, box, spec) for box in boxes])
-    raise NotImplementedError(manifest.kind)
+    from ferlite.features import POINTS, landmark_features
+
+    fitter = _landmarker(manifest.preprocess)
+    points = np.stack([fitter.fit(gray, box) for box in boxes]) if boxes else np.zeros((0, POINTS, 2))
+    return landmark_features(points)
 
 
 def dataset_inputs(manifest: Manifest, images: np.ndarray) -> np.ndarray:
     """Inputs for dataset images that are already face crops (evaluation, calibration)."""
-    if manifest.kind == "cnn":
-        return fit_images(images, PreprocessSpec.from_dict(manifest.preprocess))
-    raise NotImplementedError(manifest.kind)
+    return images_inputs(manifest.kind, manifest.preprocess, images)
+
+
+def images_inputs(kind: str, preprocess: dict, images: np.ndarray, landmarks: str | None = None) -> np.ndarray:
+    """dataset_inputs before a manifest exists (conversion); `landmarks` overrides the landmark model path."""
+    if kind == "cnn":
+        return fit_images(images, PreprocessSpec.from_dict(preprocess))
+    from rich.progress import track
+
+    from ferlite.features import POINTS, landmark_features
+
+    fitter = _landmarker(preprocess, landmarks)
+    points = [fitter.fit_image(img) for img in track(images, description="landmarks", transient=True)]
+    return landmark_features(np.stack(points) if points else np.zeros((0, POINTS, 2)))

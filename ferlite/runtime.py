@@ -99,10 +99,12 @@ class Predictor:
 
     def predict(self, inputs: np.ndarray) -> np.ndarray:
         """Probabilities (N, K): uint8 faces (N, S, S) from ferlite.preprocess for a `cnn` bundle,
-        feature vectors (N, F) for a `landmark-svm` bundle."""
+        feature vectors (N, F) for a `landmark-svm` bundle (NaN rows, failed landmarks: uniform)."""
         if len(inputs) == 0:
             return np.zeros((0, len(self.labels)), np.float32)
         image = self.bundle.manifest.kind == "cnn"
+        if not image and not np.isfinite(inputs).all():
+            return predict_features(inputs, self.predict, len(self.labels))
         x = quantize(inputs[..., None] if image else inputs, self.input.dtype, self.input.scale, self.input.zero_point)
         if self.tta_flip and image:
             out = self._invoke(np.concatenate([x, x[:, :, ::-1]]))
@@ -110,3 +112,13 @@ class Predictor:
         else:
             out = self._invoke(x)
         return out / np.maximum(out.sum(axis=1, keepdims=True), 1e-9)
+
+
+def predict_features(x: np.ndarray, predict, k: int) -> np.ndarray:
+    """`predict` on the rows of x whose landmarks were found; rows of NaN (no usable landmarks) get
+    uniform probabilities 1/K, so every face box still gets a result, and one the device labels uncertain."""
+    ok = np.isfinite(x).all(axis=1)
+    probs = np.full((len(x), k), 1.0 / k, np.float32)
+    if ok.any():
+        probs[ok] = predict(x[ok])
+    return probs

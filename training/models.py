@@ -1,6 +1,9 @@
-"""Model definitions. Inputs are raw pixel values 0..255, so the int8 input is pixel - 128."""
+"""Model definitions. CNN inputs are raw pixel values 0..255, so the int8 input is pixel - 128; the
+landmark SVM takes raw feature vectors from ferlite.features."""
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 
 def mini_xception(num_classes: int, size: int = 48, width: float = 1.0, dropout: float = 0.0):
@@ -37,3 +40,44 @@ def mini_xception(num_classes: int, size: int = 48, width: float = 1.0, dropout:
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = layers.Softmax(name="probs")(x)
     return keras.Model(inputs, outputs, name=f"mini_xception_w{width:g}_{size}")
+
+
+@lru_cache(maxsize=1)
+def _cosine_layer():
+    import keras
+
+    @keras.saving.register_keras_serializable(package="ferlite")
+    class Cosine(keras.layers.Layer):
+        """cos(x), the random-Fourier-feature nonlinearity (TFLite: one float COS op)."""
+
+        def call(self, inputs):
+            return keras.ops.cos(inputs)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+    return Cosine
+
+
+def custom_objects() -> dict:
+    """ferlite's own layers, for loading its saved models."""
+    return {"Cosine": _cosine_layer()}
+
+
+def landmark_svm(features: int, num_classes: int, rff: int = 0):
+    """Raw landmark features -> probabilities: [Dense projection -> cos] -> Dense scores -> softmax.
+
+    Standardization, the random Fourier projection and the temperature are weights set after
+    training (see ferlite.training.svm), so nothing is computed outside the model.
+    """
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((features,), name="features")
+    x = inputs
+    if rff:
+        x = layers.Dense(rff, name="rff_projection")(x)
+        x = _cosine_layer()(name="rff_cos")(x)
+    scores = layers.Dense(num_classes, name="svm")(x)
+    outputs = layers.Softmax(name="probs")(scores)
+    return keras.Model(inputs, outputs, name=f"landmark_svm_rff{rff}" if rff else "landmark_svm")
