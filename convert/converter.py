@@ -97,11 +97,12 @@ def _int8_probs(model_bytes: bytes, manifest: Manifest, inputs: np.ndarray, tta_
     return predict_dataset(predictor, inputs, description="int8 eval" + (" (flip)" if tta_flip else ""))
 
 
-def _plan(model, model_path: Path, margin: float, landmarks: str | None) -> tuple[str, dict, dict]:
-    """The bundle kind, its preprocess recipe and options, from the model's input shape and its run folder."""
+def _plan(model, model_path: Path, margin: float, landmarks: str | None) -> tuple[object, str, dict, dict]:
+    """The model to quantize, the bundle kind, its preprocess recipe and options, from the model's
+    input shape and its run folder. A landmark model's standardize layer moves into the recipe."""
     shape = model.input_shape
     if len(shape) == 4 and shape[1] == shape[2] and shape[3] == 1:
-        return "cnn", PreprocessSpec(size=int(shape[1]), margin=margin).to_dict(), {}
+        return model, "cnn", PreprocessSpec(size=int(shape[1]), margin=margin).to_dict(), {}
     if len(shape) == 2:
         from ferlite.features import SIZE, VERSION
         from ferlite.landmarks import LandmarkSpec, landmarker
@@ -111,10 +112,28 @@ def _plan(model, model_path: Path, margin: float, landmarks: str | None) -> tupl
             raise ModelError(f"{model_path}: {shape[1]} inputs do not match landmark feature recipe v{VERSION} "
                              f"({SIZE} values); retrain with `ferlite train svm`")
         fitter = landmarker(spec, landmarks)
-        spec = replace(spec, landmark_sha256=fitter.sha256)
-        return "landmark-svm", spec.to_dict(), {"detector": spec.detector}
+        preprocess = replace(spec, landmark_sha256=fitter.sha256).to_dict()
+        return (*_lift_standardize(model, preprocess), {"detector": spec.detector})
     raise ModelError(f"{model_path}: expected a square grayscale image input (N, S, S, 1) or landmark features "
                      f"(N, F), got {shape}")
+
+
+def _lift_standardize(model, preprocess: dict) -> tuple[object, str, dict]:
+    """The landmark model without its leading standardize layer, whose mean and std join the recipe."""
+    from ferlite.training.models import landmark_svm
+
+    names = [layer.name for layer in model.layers]
+    if "standardize" not in names:
+        return model, "landmark-svm", preprocess
+    norm = model.get_layer("standardize")
+    mean = np.asarray(norm.mean, np.float64).reshape(-1)
+    std = np.sqrt(np.asarray(norm.variance, np.float64).reshape(-1))
+    rff = model.get_layer("rff_projection").units if "rff_projection" in names else 0
+    head = landmark_svm(len(mean), model.output_shape[-1], rff)
+    for layer in head.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return head, "landmark-svm", {**preprocess, "standardize": {"mean": mean.tolist(), "std": std.tolist()}}
 
 
 def convert_model(model_path: str | Path, calibration: str, out: str | Path, *, eval_data: str | None = None,
@@ -126,7 +145,7 @@ def convert_model(model_path: str | Path, calibration: str, out: str | Path, *, 
 
     model_path = Path(model_path)
     model = load_keras(model_path)
-    kind, preprocess, options = _plan(model, model_path, margin, landmarks)
+    model, kind, preprocess, options = _plan(model, model_path, margin, landmarks)
     if tta_flip and kind != "cnn":
         raise FerliteError("--tta-flip applies to cnn models only")
     labels = model_labels(model_path, model.output_shape[-1])

@@ -78,8 +78,8 @@ def train_svm_cmd(
     rff: Annotated[int, typer.Option(help="Random Fourier features approximating an RBF kernel (0: linear "
                                           "SVM).")] = 0,
     gamma: Annotated[float, typer.Option(help="RBF gamma on standardized features (0: 1/features).")] = 0.0,
-    l2: Annotated[float, typer.Option(help="L2 weight decay of the SVM (larger: softer margin).")] = 1e-3,
-    epochs: int = 200,
+    l2: Annotated[float, typer.Option(help="L2 weight decay of the SVM (larger: softer margin).")] = 1e-2,
+    epochs: Annotated[int, typer.Option(help="Full-batch training steps per fit.")] = 300,
     seed: int = 0,
     landmarks: LandmarksOpt = None,
 ) -> None:
@@ -311,6 +311,7 @@ def bench_cmd(
                                                     "(default: the test clip tests/fixtures/clip.avi).")] = None,
     detector: Annotated[str, typer.Option(help="Face detector: haar, dlib (HOG) or blazeface.")] = _RUN.detector,
     threads: Annotated[int | None, typer.Option(help="Interpreter threads.")] = None,
+    detect_every: Annotated[int, typer.Option(help="Detect faces every N frames, track in between.")] = 1,
     frames: Annotated[int, typer.Option(help="Frames (model-only: calls) measured after the warm-up.")] = 300,
     warmup: Annotated[int, typer.Option(help="Frames (model-only: calls) run before measuring.")] = 20,
     model_only: Annotated[bool, typer.Option("--model-only", help="Time the bundle alone on real faces from "
@@ -325,7 +326,7 @@ def bench_cmd(
     if keras is not None and not model_only:
         raise ConfigError("--keras compares float with int8 inference: add --model-only")
     cfg = RunConfig(source=source or str(default_source()), bundle=str(bundle) if bundle else None,
-                    detector=detector, threads=threads)
+                    detector=detector, threads=threads, detect_every=detect_every)
     report = bench_model(cfg, frames, warmup, keras) if model_only else bench_pipeline(cfg, frames, warmup)
     print_bench(report, json_out)
 

@@ -27,6 +27,11 @@ class KerasPredictor:
         from ferlite.convert.converter import load_keras, model_labels
 
         self.model = load_keras(path)
+        if len(self.model.input_shape) != 4:
+            from ferlite.errors import ModelError
+
+            raise ModelError(f"{path}: a landmark model; evaluate its bundle (ferlite convert), or read the "
+                             "cross-validated figures in its report.md")
         self.labels = model_labels(path, self.model.output_shape[-1])
         self.size = int(self.model.input_shape[1])
         self.tta_flip = tta_flip

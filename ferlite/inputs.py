@@ -35,11 +35,11 @@ def face_inputs(manifest: Manifest, gray: np.ndarray, boxes: list[Box]) -> np.nd
         if not boxes:
             return np.zeros((0, spec.size, spec.size), np.uint8)
         return np.stack([crop_face(gray, box, spec) for box in boxes])
-    from ferlite.features import POINTS, landmark_features
+    from ferlite.features import POINTS, landmark_features, standardize
 
     fitter = _landmarker(manifest.preprocess)
     points = np.stack([fitter.fit(gray, box) for box in boxes]) if boxes else np.zeros((0, POINTS, 2))
-    return landmark_features(points)
+    return standardize(landmark_features(points), manifest.preprocess)
 
 
 def dataset_inputs(manifest: Manifest, images: np.ndarray) -> np.ndarray:
@@ -53,8 +53,8 @@ def images_inputs(kind: str, preprocess: dict, images: np.ndarray, landmarks: st
         return fit_images(images, PreprocessSpec.from_dict(preprocess))
     from rich.progress import track
 
-    from ferlite.features import POINTS, landmark_features
+    from ferlite.features import POINTS, landmark_features, standardize
 
     fitter = _landmarker(preprocess, landmarks)
     points = [fitter.fit_image(img) for img in track(images, description="landmarks", transient=True)]
-    return landmark_features(np.stack(points) if points else np.zeros((0, POINTS, 2)))
+    return standardize(landmark_features(np.stack(points) if points else np.zeros((0, POINTS, 2))), preprocess)

@@ -18,7 +18,7 @@ from ferlite.preprocess import quantize
 RUNTIMES = (
     ("ai-edge-litert", "ai_edge_litert.interpreter"),
     ("tflite-runtime", "tflite_runtime.interpreter"),
-    ("tensorflow", "tensorflow.lite"),
+    ("tensorflow", "tensorflow.lite.python.interpreter"),  # tf.lite.Interpreter; "tensorflow.lite" lacks it
 )
 
 

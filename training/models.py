@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import numpy as np
+
 
 def mini_xception(num_classes: int, size: int = 48, width: float = 1.0, dropout: float = 0.0):
     """mini-Xception (Arriaga et al. 2017) with a width multiplier.
@@ -64,17 +66,21 @@ def custom_objects() -> dict:
     return {"Cosine": _cosine_layer()}
 
 
-def landmark_svm(features: int, num_classes: int, rff: int = 0):
-    """Raw landmark features -> probabilities: [Dense projection -> cos] -> Dense scores -> softmax.
+def landmark_svm(features: int, num_classes: int, rff: int = 0, mean=None, std=None):
+    """Landmark features -> [standardize] -> [Dense projection -> cos] -> Dense scores -> softmax.
 
-    Standardization, the random Fourier projection and the temperature are weights set after
-    training (see ferlite.training.svm), so nothing is computed outside the model.
+    With `mean` and `std` the model takes raw features; `ferlite convert` lifts that standardize
+    layer into the bundle's manifest, because int8 input quantization of raw features (one scale
+    for all) would erase the low-variance ones. The weights are set after training
+    (ferlite.training.svm), so nothing is computed outside the model.
     """
     import keras
     from keras import layers
 
     inputs = keras.Input((features,), name="features")
     x = inputs
+    if mean is not None:
+        x = layers.Normalization(mean=mean, variance=np.square(std), name="standardize")(x)
     if rff:
         x = layers.Dense(rff, name="rff_projection")(x)
         x = _cosine_layer()(name="rff_cos")(x)
