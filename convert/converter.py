@@ -15,8 +15,8 @@ from ferlite.bundle import Manifest, TensorSpec, write_bundle
 from ferlite.datasets import load_dataset
 from ferlite.errors import FerliteError, ModelError
 from ferlite.preprocess import PreprocessSpec
-from ferlite.quiet import import_keras
 
+from .keras_model import keras_probs, load_keras, model_labels
 from .quantize import calibration_split, quantize_keras
 from .verify import Gate, compare, gate_failure
 
@@ -28,35 +28,6 @@ class ConvertResult:
     path: Path | None
     figures: dict
     failure: str | None = None
-
-
-def load_keras(path: str | Path):
-    """A Keras model from `.keras`, or a ModelError with one line."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"{path}: no such model file")
-    keras = import_keras()
-    from ferlite.training.models import custom_objects
-
-    try:
-        return keras.models.load_model(path, compile=False, custom_objects=custom_objects())
-    except Exception as exc:  # Keras raises many types for a bad file
-        raise ModelError(f"{path}: not a loadable Keras model ({str(exc).splitlines()[0][:160]})") from None
-
-
-def keras_probs(model, inputs: np.ndarray, tta_flip: bool = False) -> np.ndarray:
-    """Float probabilities from the Keras model, for the same inputs the interpreter gets."""
-    x = inputs.astype(np.float32)
-    if x.ndim == 2:
-        from ferlite.runtime import predict_features
-
-        return predict_features(x, lambda ok: model.predict(ok, batch_size=256, verbose=0), model.output_shape[-1])
-    if x.ndim == 3:
-        x = x[..., None]
-    probs = model.predict(x, batch_size=256, verbose=0)
-    if tta_flip and x.ndim == 4:
-        probs = (probs + model.predict(x[:, :, ::-1], batch_size=256, verbose=0)) / 2
-    return probs
 
 
 def _git_commit() -> str | None:
@@ -175,21 +146,6 @@ def convert_model(model_path: str | Path, calibration: str, out: str | Path, *, 
     failure = gate_failure(figures["tta_flip"] if tta_flip else figures, gate)
     path = write_bundle(out, manifest, tflite) if failure is None or force else None
     return ConvertResult(path, figures, failure)
-
-
-def model_labels(model_path: Path, outputs: int) -> tuple[str, ...]:
-    """Label names from the training run beside the model (config.json), else the standard set of that size."""
-    from ferlite.labels import LABEL_SETS
-
-    config = model_path.parent / "config.json"
-    if config.is_file():
-        names = LABEL_SETS.get(json.loads(config.read_text()).get("labels", ""))
-        if names and len(names) == outputs:
-            return names
-    by_size = [names for names in LABEL_SETS.values() if len(names) == outputs]
-    if not by_size:
-        raise ModelError(f"{model_path}: {outputs} outputs match no known label set; keep config.json beside it")
-    return by_size[0]
 
 
 def _manifest(tflite: bytes, kind: str, labels: tuple[str, ...], preprocess: dict, options: dict) -> Manifest:

@@ -176,9 +176,16 @@ def eval_cmd(
 ) -> None:
     """Accuracy, macro-F1, top-2, per-class P/R/F1 and confusion matrix on labelled faces."""
     from ferlite.console import print_metrics
-    from ferlite.evaluate import evaluate
 
-    metrics, details = evaluate(_bundle_path(bundle), data, threads=threads, tta_flip=tta_flip)
+    path = _bundle_path(bundle)
+    if path.suffix == ".keras":
+        from ferlite.convert.keras_model import evaluate_keras
+
+        metrics, details = evaluate_keras(path, data, bool(tta_flip))
+    else:
+        from ferlite.evaluate import evaluate_bundle
+
+        metrics, details = evaluate_bundle(path, data, threads=threads, tta_flip=tta_flip)
     if plot is not None:
         from ferlite.plots import confusion_png
 

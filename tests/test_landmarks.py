@@ -109,7 +109,7 @@ def test_subject_independent_training_reports(svm_run):
 
 def test_int8_bundle_agrees_with_float(svm_bundle, svm_run):
     from ferlite.bundle import read_bundle
-    from ferlite.convert.converter import keras_probs, load_keras
+    from ferlite.convert.keras_model import keras_probs, load_keras
     from ferlite.features import SIZE, VERSION
     from ferlite.inputs import dataset_inputs
     from ferlite.landmarks import MODEL_FILE, file_sha256
