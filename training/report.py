@@ -41,20 +41,19 @@ def write_report(out: Path, y_true: np.ndarray, probs: np.ndarray, names: tuple[
         **(extra or {}),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
+    epochs = f" · epochs: {report['epochs_run']}" if history else ""
     md = [
         f"# Training report: {out.name}",
         "",
         f"Command: `{command}`",
         "",
-        f"Parameters: {params:,} · epochs: {report['epochs_run']} · "
-        f"training time: {report['train_seconds'] / 60:.1f} min",
+        f"Parameters: {params:,}{epochs} · training time: {report['train_seconds'] / 60:.1f} min",
         "",
         f"## Validation ({cfg.get('val')})",
         "",
         metrics_table(metrics),
         "",
-        "![curves](curves.png)",
-        "",
+        *(["![curves](curves.png)", ""] if history else []),
         "![confusion](confusion.png)",
         "",
     ]
