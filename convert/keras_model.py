@@ -18,10 +18,12 @@ def load_keras(path: str | Path):
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
     keras = import_keras()
+    from ferlite.quiet import native_quiet
     from ferlite.training.models import custom_objects
 
     try:
-        return keras.models.load_model(path, compile=False, custom_objects=custom_objects())
+        with native_quiet():  # TensorFlow reports the missing GPU on first use
+            return keras.models.load_model(path, compile=False, custom_objects=custom_objects())
     except Exception as exc:  # Keras raises many types for a bad file
         raise ModelError(f"{path}: not a loadable Keras model ({str(exc).splitlines()[0][:160]})") from None
 

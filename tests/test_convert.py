@@ -59,7 +59,7 @@ def test_gate_failure_writes_nothing(trained_run, tmp_path):
     """An impossible gate fails with exit 1 and leaves no bundle; --force writes it anyway."""
     out = tmp_path / "gated.ferlite"
     args = ["convert", trained_run / "model.keras", "--calibration", TRAIN, "--eval", VAL,
-            "--calibration-size", "60", "--min-agreement", "1.01", "-o", out]
+            "--calibration-size", "60", "--max-drop", "100", "--min-agreement", "1.01", "-o", out]
     result = run_cli(*args)
     assert result.returncode == 1, result.stderr
     assert "agreement" in result.stderr and "Traceback" not in result.stderr
