@@ -90,6 +90,15 @@ def check_can_manage() -> None:
         raise ServiceError("installing a system service needs root: run it with sudo")
 
 
+def perform(steps: list[Step], dry_run: bool) -> str:
+    """The dry-run description, or (as root, with systemd) carry the steps out and return ''."""
+    if dry_run:
+        return describe(steps)
+    check_can_manage()
+    apply(steps)
+    return ""
+
+
 def apply(steps: list[Step]) -> None:
     for step in steps:
         if step.write:

@@ -437,12 +437,8 @@ def service_install_cmd(
     from ferlite.device import service
 
     steps = service.install_steps(service.ferlite_executable(), _default_config_text(), unit_dir, config)
-    if dry_run:
-        typer.echo(service.describe(steps))
-        return
-    service.check_can_manage()
-    service.apply(steps)
-    typer.echo("ferlite.service installed and started; follow it with: journalctl -u ferlite -f")
+    typer.echo(service.perform(steps, dry_run)
+               or "ferlite.service installed and started; follow it with: journalctl -u ferlite -f")
 
 
 @service_app.command("uninstall")
@@ -453,13 +449,7 @@ def service_uninstall_cmd(
     """Stop, disable and remove the unit (the config and the results are kept)."""
     from ferlite.device import service
 
-    steps = service.uninstall_steps(unit_dir)
-    if dry_run:
-        typer.echo(service.describe(steps))
-        return
-    service.check_can_manage()
-    service.apply(steps)
-    typer.echo("ferlite.service removed")
+    typer.echo(service.perform(service.uninstall_steps(unit_dir), dry_run) or "ferlite.service removed")
 
 
 @service_app.command("status")
