@@ -95,6 +95,9 @@ def train_cnn(cfg: CnnConfig, resume: bool = False, command: str = "") -> Path:
 
     keras = import_keras()
     keras.utils.set_random_seed(cfg.seed)
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()  # same seed, same model: runs can be compared
     k = len(train.label_names)
     model = mini_xception(k, cfg.size, cfg.width)
     steps = len(train) // cfg.batch_size
