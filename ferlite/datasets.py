@@ -54,9 +54,6 @@ class Dataset:
             raise DatasetError(f"{self.source}: none of its classes exist in {', '.join(names)}")
         return replace(self.subset(keep), labels=codes[keep], label_names=tuple(names))
 
-    def counts(self) -> np.ndarray:
-        return np.bincount(self.labels, minlength=len(self.label_names))
-
 
 def load_dataset(spec: str | Path, spec_size: PreprocessSpec | None = None) -> Dataset:
     """Load `path`, `path.csv:Usage` (FER2013 split), `file.npz` or a folder per class.

@@ -22,11 +22,6 @@ RUNTIMES = (
 )
 
 
-def runtime_name() -> str:
-    """The interpreter package `load_interpreter` would use; RuntimeMissingError if none is installed."""
-    return _interpreter_class()[0]
-
-
 def _interpreter_class():
     for name, module in RUNTIMES:
         if importlib.util.find_spec(module.split(".")[0]) is None:
