@@ -28,6 +28,14 @@ def _landmarker(preprocess: dict, path: str | None = None):
     return landmarker(spec, path)
 
 
+def _features(points: list[np.ndarray], preprocess: dict) -> np.ndarray:
+    """Standardized feature rows for fitted landmark sets (NaN rows where a fit failed)."""
+    from ferlite.features import POINTS, landmark_features, standardize
+
+    stacked = np.stack(points) if points else np.zeros((0, POINTS, 2))
+    return standardize(landmark_features(stacked), preprocess)
+
+
 def face_inputs(manifest: Manifest, gray: np.ndarray, boxes: list[Box]) -> np.ndarray:
     """Inputs for each detected face box (x, y, w, h) in a grayscale frame."""
     if manifest.kind == "cnn":
@@ -35,11 +43,8 @@ def face_inputs(manifest: Manifest, gray: np.ndarray, boxes: list[Box]) -> np.nd
         if not boxes:
             return np.zeros((0, spec.size, spec.size), np.uint8)
         return np.stack([crop_face(gray, box, spec) for box in boxes])
-    from ferlite.features import POINTS, landmark_features, standardize
-
     fitter = _landmarker(manifest.preprocess)
-    points = np.stack([fitter.fit(gray, box) for box in boxes]) if boxes else np.zeros((0, POINTS, 2))
-    return standardize(landmark_features(points), manifest.preprocess)
+    return _features([fitter.fit(gray, box) for box in boxes], manifest.preprocess)
 
 
 def dataset_inputs(manifest: Manifest, images: np.ndarray) -> np.ndarray:
@@ -53,8 +58,6 @@ def images_inputs(kind: str, preprocess: dict, images: np.ndarray, landmarks: st
         return fit_images(images, PreprocessSpec.from_dict(preprocess))
     from rich.progress import track
 
-    from ferlite.features import POINTS, landmark_features, standardize
-
     fitter = _landmarker(preprocess, landmarks)
     points = [fitter.fit_image(img) for img in track(images, description="landmarks", transient=True)]
-    return standardize(landmark_features(np.stack(points) if points else np.zeros((0, POINTS, 2))), preprocess)
+    return _features(points, preprocess)
