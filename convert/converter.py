@@ -75,13 +75,13 @@ def _plan(model, model_path: Path, margin: float, landmarks: str | None) -> tupl
     if len(shape) == 4 and shape[1] == shape[2] and shape[3] == 1:
         return model, "cnn", PreprocessSpec(size=int(shape[1]), margin=margin).to_dict(), {}
     if len(shape) == 2:
-        from ferlite.features import SIZE, VERSION
+        from ferlite.features import RECIPES, recipe_size
         from ferlite.landmarks import LandmarkSpec, landmarker
 
         spec = LandmarkSpec.from_dict(_read_json(model_path.parent / "config.json").get("preprocess", {}))
-        if shape[1] != SIZE or spec.features != VERSION:
-            raise ModelError(f"{model_path}: {shape[1]} inputs do not match landmark feature recipe v{VERSION} "
-                             f"({SIZE} values); retrain with `ferlite train svm`")
+        if spec.features not in RECIPES.values() or shape[1] != recipe_size(spec.features):
+            raise ModelError(f"{model_path}: {shape[1]} inputs do not match landmark feature recipe {spec.features} "
+                             f"of its run's config.json; retrain with `ferlite train svm`")
         fitter = landmarker(spec, landmarks)
         preprocess = replace(spec, landmark_sha256=fitter.sha256).to_dict()
         return (*_lift_standardize(model, preprocess), {"detector": spec.detector})

@@ -92,7 +92,7 @@ class Looped:
     """
 
     def __init__(self, source: FrameSource, reopen: Callable[[], FrameSource]) -> None:
-        self.name = source.name
+        self.name, self.stills = source.name, source.stills
         self._source, self._reopen = source, reopen
         self._n = self._this_pass = 0
 
@@ -173,7 +173,7 @@ def instrument(pipeline: Pipeline, recorder: Recorder, reopen: Callable[[], Fram
     """Loop the pipeline's source and put a clock on each stage's working method."""
     pipeline.source = Looped(pipeline.source, reopen)
     recorder.wrap(pipeline.source, "read", "capture")
-    recorder.wrap(pipeline.detector, "detect", "detect")
+    recorder.wrap(pipeline, "find_faces", "detect")
     recorder.wrap(pipeline, "inputs", "preprocess", lambda args: bool(args[1]))
     recorder.wrap(pipeline.predictor, "predict", "inference", recorder.predicted)
     recorder.wrap(pipeline.tracker, "update", "track")
@@ -218,12 +218,12 @@ def bench_pipeline(cfg: RunConfig, frames: int, warmup: int) -> dict:
 
 def real_faces(cfg: RunConfig, bundle: Bundle) -> np.ndarray:
     """Model inputs for up to MAX_FACES faces detected in the source, as the pipeline would prepare them."""
-    from ferlite.device.detectors import make_detector
+    from ferlite.device.detectors import chosen_detector, make_detector
     from ferlite.inputs import face_inputs
     from ferlite.preprocess import to_gray
 
-    detector = make_detector(cfg.detector, width=cfg.detect_width, min_face=cfg.min_face,
-                             blazeface_model=cfg.blazeface_model, threads=cfg.threads)
+    detector = make_detector(chosen_detector(bundle.manifest, cfg.detector), width=cfg.detect_width,
+                             min_face=cfg.min_face, blazeface_model=cfg.blazeface_model, threads=cfg.threads)
     source = open_source(str(cfg.source))
     found = []
     try:
@@ -240,7 +240,7 @@ def real_faces(cfg: RunConfig, bundle: Bundle) -> np.ndarray:
     finally:
         source.close()
     if not found:
-        raise SourceError(f"{cfg.source}: no face found by the {cfg.detector} detector; give --source with faces")
+        raise SourceError(f"{cfg.source}: no face found by the {detector.name} detector; give --source with faces")
     return np.concatenate(found)[:MAX_FACES]
 
 

@@ -1,6 +1,6 @@
 """The device loop: source -> detector -> face inputs -> predictor -> tracker -> results log.
 
-The loop owns pacing (frame-rate cap, detect every N frames), the status line, the preview,
+The loop owns pacing (frame-rate cap, full detection every N frames), the status line, the preview,
 signals and the hooks; each stage is handed in ready-made, and the pipeline closes them at the
 end. Face pixels reach the disk only through `save_faces`.
 """
@@ -20,7 +20,7 @@ from typing import Protocol, TextIO
 import numpy as np
 
 from ferlite.config import RunConfig
-from ferlite.device.detectors import Detector
+from ferlite.device.detectors import Detector, detect_near
 from ferlite.device.log import Result, ResultsLog
 from ferlite.device.sources import BadFrameError, CameraReadError, Frame, FrameSource
 from ferlite.device.tracker import Tracker
@@ -187,6 +187,16 @@ class Pipeline:
         self.results.skip()
         log.warning("skipped: %s", why)
 
+    def find_faces(self, image: np.ndarray) -> list[Box]:
+        """The frame's faces: the whole frame every `detect_every` frames, and whenever nobody is tracked
+        or the frames are separate photos; otherwise windows around the tracked faces, and the whole
+        frame again when a tracked face is not found in its window (a face joining the tracked ones
+        waits for the next full detection)."""
+        if self.source.stills or not self.tracker.tracks or self.stats.frames % self.cfg.detect_every == 0:
+            return self.detector.detect(image)
+        near = detect_near(self.detector, image, self.tracker.boxes())
+        return near if len(near) >= len(self.tracker.tracks) else self.detector.detect(image)
+
     def inputs(self, gray: np.ndarray, boxes: list[Box]) -> np.ndarray:
         """The model inputs for this frame's faces; a method of its own so `ferlite bench` can time it."""
         return face_inputs(self.predictor.bundle.manifest, gray, boxes)
@@ -200,8 +210,7 @@ class Pipeline:
             return False
         try:
             gray = to_gray(image)
-            detect = self.stats.frames % self.cfg.detect_every == 0
-            boxes = self.detector.detect(image) if detect else self.tracker.visible()
+            boxes = self.find_faces(image)
             probs = self.predictor.predict(self.inputs(gray, boxes))
         except cv2.error as exc:
             self._skip(f"frame {frame.number}: {str(exc).strip().splitlines()[-1]}")

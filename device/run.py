@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ferlite.bundle import read_bundle
 from ferlite.config import RunConfig
-from ferlite.device.detectors import make_detector
+from ferlite.device.detectors import chosen_detector, make_detector
 from ferlite.device.log import RunInfo, open_log
 from ferlite.device.notify import Notifier
 from ferlite.device.pipeline import Hooks, Pipeline, Stats
@@ -25,8 +25,8 @@ def build(cfg: RunConfig, hooks: Hooks) -> Pipeline:
     """Every stage constructed and opened for `cfg`: what `run` runs and `ferlite bench` times."""
     cfg.validate()
     predictor = Predictor(read_bundle(bundle_path(cfg)), cfg.threads)
-    detector = make_detector(cfg.detector, width=cfg.detect_width, min_face=cfg.min_face,
-                             blazeface_model=cfg.blazeface_model, threads=cfg.threads)
+    detector = make_detector(chosen_detector(predictor.bundle.manifest, cfg.detector), width=cfg.detect_width,
+                             min_face=cfg.min_face, blazeface_model=cfg.blazeface_model, threads=cfg.threads)
     size = (cfg.width, cfg.height) if cfg.width and cfg.height else None
     source = open_camera(size, cfg.max_fps) if cfg.camera else open_source(str(cfg.source), size, cfg.max_fps)
     try:

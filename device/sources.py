@@ -40,6 +40,7 @@ class BadFrameError(Exception):
 
 class FrameSource(Protocol):
     name: str
+    stills: bool  # frames are separate photos: find faces in each one afresh, never near a previous face
 
     def read(self) -> Frame | None:
         """The next frame; None at the end of a file or folder (cameras never end)."""
@@ -72,7 +73,7 @@ class PiCamera:
     def __init__(self, size: tuple[int, int] | None = None, fps: float = 0.0) -> None:
         from picamera2 import Picamera2
 
-        self.name = "picamera2"
+        self.name, self.stills = "picamera2", False
         self._cam = Picamera2()
         main = {"format": "RGB888", **({"size": size} if size else {})}
         controls = {"FrameRate": fps} if fps else {}
@@ -104,7 +105,7 @@ class OpenCVCamera:
     REOPEN_AFTER = 3
 
     def __init__(self, device: int | str, size: tuple[int, int] | None = None, fps: float = 0.0) -> None:
-        self.name = f"camera:{device}"
+        self.name, self.stills = f"camera:{device}", False
         self._device, self._size, self._fps = device, size, fps
         self._cap = self._open()
         if self._cap is None:
@@ -155,7 +156,7 @@ class VideoFile:
     def __init__(self, path: Path) -> None:
         import cv2
 
-        self.name = str(path)
+        self.name, self.stills = str(path), False
         self._cap = cv2.VideoCapture(str(path))
         if not self._cap.isOpened():
             raise SourceError(f"{path}: not a video OpenCV can read")
@@ -182,7 +183,7 @@ class ImageFiles:
     """Images in name order (a folder, or a single file); unreadable ones are skipped."""
 
     def __init__(self, paths: list[Path], name: str) -> None:
-        self.name = name
+        self.name, self.stills = name, True
         self._paths = paths
         self._n = 0
 

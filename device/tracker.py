@@ -34,9 +34,9 @@ class Tracker:
         self.tracks: list[Track] = []
         self.started = 0
 
-    def visible(self) -> list[Box]:
-        """Boxes of the tracks seen in the latest frame (what to classify when detection is skipped)."""
-        return [t.box for t in self.tracks if t.missed == 0]
+    def boxes(self) -> list[Box]:
+        """Where each live track was last seen: where to look for its face between full detections."""
+        return [t.box for t in self.tracks]
 
     def update(self, boxes: list[Box], probs: np.ndarray) -> list[Track]:
         pairs = sorted(((iou(t.box, b), ti, bi) for ti, t in enumerate(self.tracks) for bi, b in enumerate(boxes)),

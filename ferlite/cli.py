@@ -75,10 +75,13 @@ def train_svm_cmd(
                                                "ids) or by 'image'.")] = "subject",
     folds: Annotated[int, typer.Option(help="Folds; with no more subjects than this, leave-one-subject-out.")] = 10,
     labels: Annotated[str, typer.Option(help="Label set: fer7, fer6 (disgust into angry) or ferplus.")] = "fer7",
+    features: Annotated[str, typer.Option(help="Feature recipe: hog (HOG of the landmark-aligned face) or geometry "
+                                               "(landmark positions).")] = "hog",
     rff: Annotated[int, typer.Option(help="Random Fourier features approximating an RBF kernel (0: linear "
                                           "SVM).")] = 0,
     gamma: Annotated[float, typer.Option(help="RBF gamma on standardized features (0: 1/features).")] = 0.0,
-    l2: Annotated[float, typer.Option(help="L2 weight decay of the SVM (larger: softer margin).")] = 1e-2,
+    l2: Annotated[float | None, typer.Option(help="L2 weight decay of the SVM (larger: softer margin; default: "
+                                                  "hog 400, geometry 4, divided by the training rows).")] = None,
     epochs: Annotated[int, typer.Option(help="Full-batch training steps per fit.")] = 300,
     seed: int = 0,
     landmarks: LandmarksOpt = None,
@@ -90,8 +93,8 @@ def train_svm_cmd(
 
     from ferlite.training.svm import SvmConfig, train_svm
 
-    cfg = SvmConfig(data=data, out=str(out), labels=labels, group_by=group_by, folds=folds, rff=rff, gamma=gamma,
-                    l2=l2, epochs=epochs, seed=seed, landmarks=landmarks)
+    cfg = SvmConfig(data=data, out=str(out), labels=labels, group_by=group_by, folds=folds, features=features,
+                    rff=rff, gamma=gamma, l2=l2, epochs=epochs, seed=seed, landmarks=landmarks)
     model = train_svm(cfg, command=_command_line())
     report = json.loads((model.parent / "report.json").read_text())
     typer.echo(f"{report['evaluation']}: accuracy {report['metrics']['accuracy']:.2%}, "
@@ -216,10 +219,12 @@ def run_cmd(
     source: Annotated[str | None, typer.Option(help="Camera index, /dev/videoN, video file, image or folder "
                                                     "of images.")] = None,
     bundle: Annotated[Path | None, typer.Option(help="Bundle (default: the shipped CNN).")] = None,
-    detector: Annotated[str, typer.Option(help="Face detector: haar, dlib (HOG) or blazeface.")] = _RUN.detector,
+    detector: Annotated[str | None, typer.Option(help="Face detector: haar, dlib (HOG) or blazeface (default: the "
+                                                      "bundle's, else haar).")] = None,
     blazeface_model: Annotated[str | None, typer.Option(help="face_detection_short_range.tflite (default: "
                                                              "from an installed mediapipe).")] = None,
-    detect_every: Annotated[int, typer.Option(help="Detect faces every N frames, track in between.")] = 1,
+    detect_every: Annotated[int, typer.Option(help="Search whole frames every N frames; in between only near "
+                                                   "tracked faces.")] = _RUN.detect_every,
     detect_width: Annotated[int, typer.Option(help="Haar: frame width detection runs at.")] = _RUN.detect_width,
     min_face: Annotated[int, typer.Option(help="Smallest face to detect, in frame pixels.")] = _RUN.min_face,
     resolution: Annotated[str | None, typer.Option(help="Camera resolution WIDTHxHEIGHT, e.g. 640x480.")] = None,
@@ -271,7 +276,8 @@ def predict_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
     annotate: Annotated[Path | None, typer.Option(help="Write each photo with boxes and labels drawn "
                                                        "into this folder.")] = None,
-    detector: Annotated[str, typer.Option(help="Face detector: haar, dlib (HOG) or blazeface.")] = _RUN.detector,
+    detector: Annotated[str | None, typer.Option(help="Face detector: haar, dlib (HOG) or blazeface (default: the "
+                                                      "bundle's, else haar).")] = None,
     min_face: Annotated[int, typer.Option(help="Smallest face to detect, in pixels.")] = _RUN.min_face,
     detect_width: Annotated[int, typer.Option(help="Haar: photo width detection runs at.")] = 640,
     threshold: Annotated[float, typer.Option(help="Below this top probability the label is 'uncertain'.")]
@@ -282,7 +288,7 @@ def predict_cmd(
     import cv2
 
     from ferlite.bundle import read_bundle
-    from ferlite.device.detectors import make_detector
+    from ferlite.device.detectors import chosen_detector, make_detector
     from ferlite.device.pipeline import annotate as draw
     from ferlite.device.report import predict_photo, print_predictions
     from ferlite.errors import SourceError
@@ -292,7 +298,8 @@ def predict_cmd(
     if missing:
         raise SourceError(f"no such image: {', '.join(missing)}")
     predictor = Predictor(read_bundle(_bundle_path(bundle)), threads)
-    found = make_detector(detector, width=detect_width, min_face=min_face, threads=threads)
+    found = make_detector(chosen_detector(predictor.bundle.manifest, detector), width=detect_width,
+                          min_face=min_face, threads=threads)
     records = []
     for path in images:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -316,9 +323,11 @@ def bench_cmd(
     bundle: Annotated[Path | None, typer.Option(help="Bundle (default: the shipped CNN).")] = None,
     source: Annotated[str | None, typer.Option(help="Video, image or folder of images, looped as needed "
                                                     "(default: the test clip tests/fixtures/clip.avi).")] = None,
-    detector: Annotated[str, typer.Option(help="Face detector: haar, dlib (HOG) or blazeface.")] = _RUN.detector,
+    detector: Annotated[str | None, typer.Option(help="Face detector: haar, dlib (HOG) or blazeface (default: the "
+                                                      "bundle's, else haar).")] = None,
     threads: Annotated[int | None, typer.Option(help="Interpreter threads.")] = None,
-    detect_every: Annotated[int, typer.Option(help="Detect faces every N frames, track in between.")] = 1,
+    detect_every: Annotated[int, typer.Option(help="Search whole frames every N frames; in between only near "
+                                                   "tracked faces.")] = _RUN.detect_every,
     frames: Annotated[int, typer.Option(help="Frames (model-only: calls) measured after the warm-up.")] = 300,
     warmup: Annotated[int, typer.Option(help="Frames (model-only: calls) run before measuring.")] = 20,
     model_only: Annotated[bool, typer.Option("--model-only", help="Time the bundle alone on real faces from "

@@ -26,9 +26,9 @@ class RunConfig:
     width: int | None = None
     height: int | None = None
     max_fps: float = 0.0
-    detector: str = "haar"
+    detector: str | None = None
     blazeface_model: str | None = None
-    detect_every: int = 1
+    detect_every: int = 5
     detect_width: int = 320
     min_face: int = 40
     threads: int | None = None
@@ -60,7 +60,8 @@ class RunConfig:
         if self.camera == (self.source is not None):
             raise ConfigError("give exactly one of --camera or --source")
         checks = [
-            (self.detector in DETECTORS, f"unknown detector {self.detector!r} (choose {', '.join(DETECTORS)})"),
+            (self.detector in (None, *DETECTORS), f"unknown detector {self.detector!r} "
+                                                  f"(choose {', '.join(DETECTORS)})"),
             (self.log_format in LOG_FORMATS, f"unknown log format {self.log_format!r} "
                                              f"(choose {', '.join(LOG_FORMATS)})"),
             ((self.width is None) == (self.height is None), "give both width and height of the resolution"),

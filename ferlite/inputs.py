@@ -18,22 +18,34 @@ Box = tuple[int, int, int, int]
 
 def _landmarker(preprocess: dict, path: str | None = None):
     from ferlite.errors import BundleError
-    from ferlite.features import VERSION
+    from ferlite.features import RECIPES
     from ferlite.landmarks import LandmarkSpec, landmarker
 
     spec = LandmarkSpec.from_dict(preprocess)
-    if spec.features != VERSION:
-        raise BundleError(f"the model uses landmark feature recipe v{spec.features}; this ferlite computes "
-                          f"v{VERSION} (install the matching ferlite)")
+    if spec.features not in RECIPES.values():
+        raise BundleError(f"the model uses landmark feature recipe {spec.features}; this ferlite knows "
+                          f"{', '.join(f'{v} ({k})' for k, v in RECIPES.items())} (install the matching ferlite)")
     return landmarker(spec, path)
 
 
-def _features(points: list[np.ndarray], preprocess: dict) -> np.ndarray:
-    """Standardized feature rows for fitted landmark sets (NaN rows where a fit failed)."""
-    from ferlite.features import POINTS, landmark_features, standardize
+def landmark_inputs(preprocess: dict, faces: list[np.ndarray], points: list[np.ndarray],
+                    mirror: bool = False) -> np.ndarray:
+    """Standardized feature rows for face images and their fitted landmarks (NaN rows where a fit failed);
+    `mirror`: of the mirrored faces (training augmentation)."""
+    from ferlite.features import POINTS, recipe_features, standardize
+    from ferlite.landmarks import LandmarkSpec
 
     stacked = np.stack(points) if points else np.zeros((0, POINTS, 2))
-    return standardize(landmark_features(stacked), preprocess)
+    features = recipe_features(LandmarkSpec.from_dict(preprocess).features, faces, stacked, mirror)
+    return standardize(features, preprocess)
+
+
+def dataset_landmarks(preprocess: dict, images: np.ndarray, landmarks: str | None = None) -> list[np.ndarray]:
+    """Landmarks of pre-cropped dataset faces; `landmarks` overrides the landmark model path."""
+    from rich.progress import track
+
+    fitter = _landmarker(preprocess, landmarks)
+    return [fitter.fit_image(img) for img in track(images, description="landmarks", transient=True)]
 
 
 def face_inputs(manifest: Manifest, gray: np.ndarray, boxes: list[Box]) -> np.ndarray:
@@ -44,7 +56,7 @@ def face_inputs(manifest: Manifest, gray: np.ndarray, boxes: list[Box]) -> np.nd
             return np.zeros((0, spec.size, spec.size), np.uint8)
         return np.stack([crop_face(gray, box, spec) for box in boxes])
     fitter = _landmarker(manifest.preprocess)
-    return _features([fitter.fit(gray, box) for box in boxes], manifest.preprocess)
+    return landmark_inputs(manifest.preprocess, [gray] * len(boxes), [fitter.fit(gray, box) for box in boxes])
 
 
 def dataset_inputs(manifest: Manifest, images: np.ndarray) -> np.ndarray:
@@ -56,8 +68,5 @@ def images_inputs(kind: str, preprocess: dict, images: np.ndarray, landmarks: st
     """dataset_inputs before a manifest exists (conversion); `landmarks` overrides the landmark model path."""
     if kind == "cnn":
         return fit_images(images, PreprocessSpec.from_dict(preprocess))
-    from rich.progress import track
+    return landmark_inputs(preprocess, list(images), dataset_landmarks(preprocess, images, landmarks))
 
-    fitter = _landmarker(preprocess, landmarks)
-    points = [fitter.fit_image(img) for img in track(images, description="landmarks", transient=True)]
-    return _features(points, preprocess)

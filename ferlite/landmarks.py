@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ferlite.errors import ModelError, RuntimeMissingError
+from ferlite.features import DEFAULT_RECIPE, RECIPES
 
 MODEL_FILE = "shape_predictor_68_face_landmarks.dat"
 ENV = "FERLITE_LANDMARKS"
@@ -35,12 +36,13 @@ class LandmarkSpec:
         to it before fitting: dlib's predictor was trained on faces of about 80-250 px.
     dataset_box: for pre-cropped dataset images, the box is dlib's HOG face detector's largest
         face in the (upscaled) image, else the whole image.
+    features: the feature recipe (a ferlite.features.RECIPES number).
     detector: the face detector whose boxes the model was trained on (preferred on the device).
     """
 
     landmark_model: str = MODEL_FILE
     landmark_sha256: str = ""
-    features: int = 1
+    features: int = RECIPES[DEFAULT_RECIPE]
     min_side: int = 160
     dataset_box: str = "dlib-hog, else whole image"
     detector: str = "dlib"

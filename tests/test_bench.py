@@ -63,7 +63,7 @@ def test_bad_options_are_one_line_errors(tiny_bundle, tmp_path):
 
 
 class ThreeFrames:
-    name = "three"
+    name, stills = "three", False
 
     def __init__(self) -> None:
         self.n = 0

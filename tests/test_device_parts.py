@@ -19,6 +19,7 @@ from ferlite.device.detectors import (
     HaarDetector,
     blazeface_anchors,
     decode_blazeface,
+    detect_near,
     drop_nested,
     find_blazeface_model,
     iou,
@@ -310,3 +311,18 @@ def test_blazeface_detector_runs_a_real_tflite_model_through_the_runtime(tmp_pat
     cx, cy = (anchors[722] + np.array([4, 0]) / 128) * 256 - [0, 64]
     assert np.allclose(box, [cx - 32, cy - 40, 64, 80], atol=1)
     assert BlazeFaceDetector(str(model), min_face=100).detect(frame) == []
+
+
+
+def test_detection_near_a_tracked_face_follows_it_and_finds_nothing_elsewhere():
+    source, haar = VideoFile(CLIP), HaarDetector()
+    frames = []
+    while (frame := source.read()) is not None:
+        frames.append(frame.image)
+    tracked = haar.detect(frames[0])
+    for image in frames[1:]:
+        near, full = detect_near(haar, image, tracked), haar.detect(image)
+        assert len(near) == 1 and iou(near[0], full[0]) > 0.6
+        tracked = near
+    height, width = frames[0].shape[:2]
+    assert detect_near(haar, frames[0], [(0, height - 60, 60, 60), (width - 2, 0, 80, 80)]) == []

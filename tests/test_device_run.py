@@ -93,7 +93,7 @@ def test_run_on_a_clip_logs_sensible_boxes_and_stable_tracks(tiny_bundle, video,
     manifest = read_bundle(tiny_bundle).manifest
     assert run[0] and run[1:4] == (72 + GAP, 0, 72)
     assert run[4] == manifest.model_sha256 and json.loads(run[5]) == manifest.labels
-    assert run[6] == str(video) and run[7] == "haar" and json.loads(run[8])["detect_every"] == 1
+    assert run[6] == str(video) and run[7] == "haar" and json.loads(run[8])["detect_every"] == 5
     written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
     assert written == ["results.db"], written  # WAL files are merged at close; no image anywhere
 
@@ -185,7 +185,7 @@ def test_sigterm_exits_0_with_everything_flushed(tiny_bundle, long_video, tmp_pa
     assert not (tmp_path / "results.db-wal").exists()
 
 
-def test_every_nth_detection_tracks_in_between_and_bad_images_are_counted(tiny_bundle, tmp_path):
+def test_detection_near_tracks_between_full_ones_photos_searched_afresh_bad_images_counted(tiny_bundle, tmp_path):
     db = tmp_path / "n.db"
     result = ferlite("run", "--source", CLIP, "--bundle", tiny_bundle, "--detect-every", 4, "--log", db, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -194,9 +194,12 @@ def test_every_nth_detection_tracks_in_between_and_bad_images_are_counted(tiny_b
     folder.mkdir()
     cv2.imwrite(str(folder / "a.png"), cv2.imread(str(ASTRONAUT)))
     (folder / "b.jpg").write_bytes(b"\xff\xd8\xff not really a JPEG")
+    cv2.imwrite(str(folder / "c.png"), cv2.flip(cv2.imread(str(ASTRONAUT)), 1))  # her face on the other side
     result = ferlite("run", "--source", folder, "--bundle", tiny_bundle, "--log", db, cwd=tmp_path)
     assert result.returncode == 0 and "skipped" in result.stderr
-    assert query(db, "SELECT frames, skipped, detections FROM runs WHERE id = 2") == [(1, 1, 1)]
+    assert query(db, "SELECT frames, skipped, detections FROM runs WHERE id = 2") == [(2, 1, 2)]
+    a, c = query(db, "SELECT x, w FROM detections WHERE run_id = 2 ORDER BY frame")
+    assert abs((a[0] + a[1] / 2) + (c[0] + c[1] / 2) - 512) < 20  # each photo searched afresh: mirrored centres
 
 
 def test_blazeface_without_model_and_no_camera_are_one_line_errors(tiny_bundle, tmp_path):

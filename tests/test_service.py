@@ -66,7 +66,7 @@ def test_install_dry_run_shows_unit_config_and_steps(tmp_path):
     out = result.stdout
     assert f"1. write {tmp_path / 'ferlite.service'}" in out
     assert re.search(r"ExecStart=/\S+/ferlite run --camera --config " + re.escape(str(tmp_path / "f.toml")), out)
-    assert f"2. write default config {tmp_path / 'f.toml'}" in out and "# detect_every = 1" in out
+    assert f"2. write default config {tmp_path / 'f.toml'}" in out and "# detect_every = 5" in out
     assert "3. reload systemd: systemctl daemon-reload" in out
     assert "4. enable and start ferlite: systemctl enable --now ferlite.service" in out
     assert not list(tmp_path.iterdir()), "a dry run must not write anything"
@@ -82,7 +82,7 @@ def test_config_precedence_flag_over_file_over_default(tmp_path):
     assert cfg.threshold == 0.3  # flag beats file
     assert cfg.detector == "dlib" and cfg.max_fps == 5.0  # file beats default
     assert cfg.smoothing == RunConfig().smoothing  # default where neither says
-    assert build_config(None, {"source": "x"}).detector == "haar"
+    assert build_config(None, {"source": "x"}).detector is None  # unset: the bundle's detector, else haar
 
 
 def test_config_errors_name_the_key(tmp_path):
