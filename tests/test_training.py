@@ -20,3 +20,42 @@ def test_train_cnn_learns_and_reports(trained_run):
     for name in ("model.keras", "report.md", "curves.png", "confusion.png", "history.csv"):
         assert (trained_run / name).stat().st_size > 0, name
     assert (trained_run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_interrupted_training_resumes_where_it_stopped(tmp_path):
+    """Killed after its second epoch, `--resume` goes on from the backup: every epoch runs exactly once,
+    and best.keras is only replaced by a better epoch. Starting over the same folder is refused."""
+    import csv
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import TRAIN, VAL, run_cli
+
+    out = tmp_path / "run"
+    args = ["train", "cnn", "--data", TRAIN, "--val", VAL, "-o", out, "--width", "0.25", "--epochs", "6",
+            "--batch-size", "32"]
+    proc = subprocess.Popen([sys.executable, "-m", "ferlite", *map(str, args)], stderr=subprocess.DEVNULL)
+    history = out / "history.csv"
+    deadline = time.monotonic() + 300
+    while (not history.is_file() or len(history.read_text().splitlines()) < 3) and proc.poll() is None:
+        assert time.monotonic() < deadline, "no epoch finished in 300 s"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with history.open(newline="") as f:
+        before = list(csv.DictReader(f))
+    assert 2 <= len(before) < 6 and (out / "backup").is_dir()
+
+    refused = run_cli(*args)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    resumed = run_cli(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    with history.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    epochs = [int(r["epoch"]) for r in rows]
+    assert sorted(set(epochs)) == list(range(6)) and epochs[-1] == 5
+    assert not (out / "backup").exists()
+    report = json.loads((out / "report.json").read_text())
+    assert abs(report["metrics"]["accuracy"] - max(float(r["val_accuracy"]) for r in rows)) < 1e-3

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def augmenter(seed: int = 0):
-    """Flip, rotation (+-10 deg), shift and zoom (+-10 %), brightness and contrast, random erasing."""
+    """Flip, rotation (+-10 deg), shift and zoom (+-10 %), brightness (+-20 %) and contrast (+-30 %)."""
     import keras
     from keras import layers
 

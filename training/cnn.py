@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import time
 from dataclasses import asdict, dataclass, replace
@@ -78,6 +79,16 @@ def _start_config(cfg: CnnConfig, resume: bool) -> CnnConfig:
     return cfg
 
 
+def _best_so_far(history: Path) -> float | None:
+    """The best val_accuracy in a run's history.csv, so that a resumed run keeps the best.keras of the
+    epochs before the interruption unless it beats it; None without a history."""
+    if not history.is_file():
+        return None
+    with history.open(newline="") as f:
+        values = [float(row["val_accuracy"]) for row in csv.DictReader(f) if row.get("val_accuracy")]
+    return max(values, default=None)
+
+
 def train_cnn(cfg: CnnConfig, resume: bool = False, command: str = "") -> Path:
     """Train, keep the best model on the validation set, and write the reports. Returns model.keras."""
     cfg = _start_config(cfg, resume)
@@ -111,10 +122,12 @@ def train_cnn(cfg: CnnConfig, resume: bool = False, command: str = "") -> Path:
     weights = _sample_weights(train.labels, k, cfg.class_weights)
     train_ds = batches(train.images, y_train, weights, cfg.batch_size, augment=True, seed=cfg.seed)
     val_ds = batches(val.images, y_val, np.ones(len(val), np.float32), cfg.batch_size, augment=False)
+    best = _best_so_far(out / "history.csv") if resume else None
     callbacks = [
-        EpochProgress(cfg.epochs, steps),
+        EpochProgress(cfg.epochs, steps, best or 0.0),
         keras.callbacks.BackupAndRestore(str(out / "backup")),
-        keras.callbacks.ModelCheckpoint(str(out / "best.keras"), monitor="val_accuracy", save_best_only=True),
+        keras.callbacks.ModelCheckpoint(str(out / "best.keras"), monitor="val_accuracy", save_best_only=True,
+                                        initial_value_threshold=best),
         keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
     ]
     if cfg.patience:

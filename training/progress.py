@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 
 
-def EpochProgress(epochs: int, steps: int):  # noqa: N802 - builds a Keras callback class lazily
-    """A Keras callback that shows progress with rich and records each epoch's seconds in the logs."""
+def EpochProgress(epochs: int, steps: int, best: float = 0.0):  # noqa: N802 - builds a Keras callback class lazily
+    """A Keras callback that shows progress with rich and records each epoch's seconds in the logs;
+    `best`: the best validation accuracy of the epochs before a resume."""
     import keras
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -15,7 +16,7 @@ def EpochProgress(epochs: int, steps: int):  # noqa: N802 - builds a Keras callb
         def __init__(self) -> None:
             super().__init__()
             self.console = Console(stderr=True)
-            self.best = 0.0
+            self.best = best
 
         def on_epoch_begin(self, epoch, logs=None):
             self.t0 = time.time()
