@@ -115,6 +115,7 @@ def test_subject_independent_training_reports(svm_run):
     assert metrics["samples"] == 24 and metrics["accuracy"] > 0.5  # chance: 1/3 (happy, surprise, neutral)
     assert {c["name"] for c in metrics["per_class"] if c["support"]} == {"happy", "surprise", "neutral"}
     assert report["temperature"] > 0 and report["landmark_failures"] == 0
+    assert report["l2"] == pytest.approx(400 / 48, rel=1e-4)  # hog default: 400 / (24 faces + 24 mirrored)
     for name in ("report.md", "confusion.png", "model.keras", "config.json"):
         assert (svm_run / name).is_file()
     assert "| happy |" in (svm_run / "report.md").read_text()

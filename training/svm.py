@@ -132,13 +132,13 @@ class _Svm:
         keras = import_keras()
         keras.utils.set_random_seed(seed)
         x, y = np.concatenate([x, mirrored]), np.concatenate([y, y])
-        l2 = L2_PER_ROW[self.cfg.features] / len(x) if self.cfg.l2 is None else self.cfg.l2
+        self.l2 = L2_PER_ROW[self.cfg.features] / len(x) if self.cfg.l2 is None else self.cfg.l2
         self.mean, self.std = x.mean(axis=0), np.maximum(x.std(axis=0), 1e-6)
         h = self._lift((x - self.mean) / self.std).astype(np.float32)
         counts = np.bincount(y, minlength=self.k)
         weights = (len(y) / (self.k * np.maximum(counts, 1)))[y].astype(np.float32)
         head = keras.Sequential([keras.Input((h.shape[1],)),
-                                 keras.layers.Dense(self.k, kernel_regularizer=keras.regularizers.L2(l2))])
+                                 keras.layers.Dense(self.k, kernel_regularizer=keras.regularizers.L2(self.l2))])
         head.compile(optimizer=keras.optimizers.Adam(self.cfg.learning_rate), loss=keras.losses.SquaredHinge(),
                      steps_per_execution=50)
         targets = np.where(np.eye(self.k, dtype=np.float32)[y] > 0, 1.0, -1.0).astype(np.float32)
@@ -275,6 +275,7 @@ def train_svm(cfg: SvmConfig, command: str = "") -> Path:
         "kind": "landmark-svm",
         "evaluation": f"{scheme}, out-of-fold predictions over {len(folds)} folds",
         "per_source": per_source,
+        "l2": round(svm.l2, 6),
         "temperature": round(temperature, 5),
         "nll": {"uncalibrated": round(_nll(scores, y, 1.0), 4), "calibrated": round(_nll(scores, y, temperature), 4)},
         "landmark_failures": faces.failures,
@@ -295,7 +296,7 @@ def _append_markdown(path: Path, report: dict) -> None:
              "|---|---:|---:|---:|---:|"]
     lines += [f"| {d} | {s['subjects']} | {s['samples']} | {s['accuracy']:.2%} | {s['macro_f1']:.3f} |"
               for d, s in report["per_source"].items()]
-    lines += ["", f"Evaluation: {report['evaluation']}.", "",
+    lines += ["", f"Evaluation: {report['evaluation']}. L2 weight decay of the final fit: {report['l2']:g}.", "",
               f"Temperature {report['temperature']:g} (NLL {report['nll']['uncalibrated']} -> "
               f"{report['nll']['calibrated']} on out-of-fold scores); landmark failures dropped: "
               f"{report['landmark_failures']}.", ""]
