@@ -114,3 +114,22 @@ def test_model_output_size_checked_against_labels_when_loading(tiny_bundle, tmp_
 
     with pytest.raises(BundleError, match="model outputs 7"):
         Predictor(bundle)
+
+
+def test_shipped_cnn_loads_and_the_model_card_quotes_its_measured_accuracy():
+    """`ferlite info` reads the default bundle; the figures the model card gives are the ones the
+    converter measured and stored in it, and the model is within its 150 KB budget."""
+    from ferlite.models import DEFAULT_CNN
+
+    result = run_cli("info", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    info = json.loads(result.stdout)
+    manifest = info["manifest"]
+    assert info["checksum"] == "ok" and manifest["kind"] == "cnn" and manifest["options"]["tta_flip"] is True
+    assert len(read_bundle(DEFAULT_CNN).model) <= 150_000
+    metrics = manifest["metrics"]
+    assert metrics["samples"] == 3589 and metrics["tta_flip"]["agreement"] >= 0.97
+    card = (Path(__file__).parents[1] / "docs" / "model-card.md").read_text()
+    quoted = (metrics["float"]["accuracy"], metrics["int8"]["accuracy"], metrics["tta_flip"]["int8"]["accuracy"])
+    for accuracy in quoted:
+        assert f"{accuracy * 100:.2f} %" in card, accuracy
