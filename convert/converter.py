@@ -110,7 +110,7 @@ def _lift_standardize(model, preprocess: dict) -> tuple[object, str, dict]:
 def convert_model(model_path: str | Path, calibration: str, out: str | Path, *, eval_data: str | None = None,
                   calibration_size: int = 500, gate: Gate = Gate(), force: bool = False, tta_flip: bool = False,
                   margin: float = PreprocessSpec.margin, command: str = "", seed: int = 0,
-                  landmarks: str | None = None) -> ConvertResult:
+                  landmarks: str | None = None, per_tensor: bool = False) -> ConvertResult:
     """Quantize, verify and (if the gate passes or `force`) write the bundle."""
     from ferlite.inputs import images_inputs
 
@@ -130,12 +130,13 @@ def convert_model(model_path: str | Path, calibration: str, out: str | Path, *, 
     if kind == "landmark-svm":
         calib_x = calib_x[np.isfinite(calib_x).all(axis=1)]
 
-    tflite = quantize_keras(model, calib_x)
+    tflite = quantize_keras(model, calib_x, per_tensor=per_tensor)
     manifest = _manifest(tflite, kind, labels, preprocess, {**options, "tta_flip": tta_flip})
     figures = compare(evaluation.labels, keras_probs(model, eval_x),
                       _int8_probs(tflite, manifest, eval_x, False), labels)
     figures.update(data=evaluation.source if eval_data else f"{calibration} (not calibration faces)",
-                   samples=len(evaluation), calibration={"data": calibration, "samples": len(calib_x)})
+                   samples=len(evaluation), calibration={"data": calibration, "samples": len(calib_x)},
+                   quantization="per-tensor" if per_tensor else "per-channel")
     if kind == "landmark-svm":
         figures["landmark_failures"] = int((~np.isfinite(eval_x).all(axis=1)).sum())
     if tta_flip:

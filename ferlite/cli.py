@@ -124,6 +124,8 @@ def convert_cmd(
     tta_flip: Annotated[bool, typer.Option(help="Average each face with its mirror on the device.")] = False,
     margin: Annotated[float, typer.Option(help="Crop margin around detected faces, per side "
                                           "(fraction of a Haar-style box).")] = 0.0,
+    per_tensor: Annotated[bool, typer.Option(help="One int8 scale per weight tensor instead of per output "
+                                             "channel: a smaller file, so a wider model fits.")] = False,
     force: Annotated[bool, typer.Option(help="Write the bundle even if verification fails.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
     landmarks: LandmarksOpt = None,
@@ -134,7 +136,7 @@ def convert_cmd(
 
     result = convert_model(model, calibration, out, eval_data=eval_data, calibration_size=calibration_size,
                            gate=Gate(max_drop, min_agreement), force=force, tta_flip=tta_flip, margin=margin,
-                           command=_command_line(), landmarks=landmarks)
+                           command=_command_line(), landmarks=landmarks, per_tensor=per_tensor)
     from ferlite.console import print_conversion
 
     print_conversion(result.figures, result.path, json_out)

@@ -34,6 +34,7 @@ def print_conversion(figures: dict, path: Path | None, as_json: bool) -> None:
     for name, row in figures["per_class"].items():
         table.add_row(name, f"{row['float']:.2%}", f"{row['int8']:.2%}", str(row["support"]))
     con.print(table)
+    con.print(f"int8 weights: {figures['quantization']}")
     con.print(f"bundle: {path}" if path else "no bundle written")
 
 

@@ -81,3 +81,20 @@ def test_eval_bundle_and_keras_agree(tiny_bundle, trained_run, tmp_path):
     assert abs(qj["accuracy"] - fj["accuracy"]) <= 0.05
     assert np.array(qj["confusion"]).sum() == 120 and len(qj["per_class"]) == 7
     assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_per_tensor_bundle_is_smaller_and_still_agrees(tiny_bundle, trained_run, tmp_path):
+    """--per-tensor drops the per-channel scales and zero points: fewer bytes, same verification gate."""
+    from ferlite.convert.quantize import per_channel_tensors
+
+    out = tmp_path / "per-tensor.ferlite"
+    result = run_cli("convert", trained_run / "model.keras", "--calibration", TRAIN, "--eval", VAL,
+                     "--calibration-size", "150", "--min-agreement", "0.9", "--max-drop", "5", "--per-tensor",
+                     "--json", "-o", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["quantization"] == "per-tensor"
+    small, default = read_bundle(out).model, read_bundle(tiny_bundle).model
+    assert per_channel_tensors(small) == 0 and per_channel_tensors(default) > 0
+    assert len(small) < len(default)
+    assert (Predictor(read_bundle(out)).predict(load_dataset(VAL).images).argmax(1) ==
+            Predictor(read_bundle(tiny_bundle)).predict(load_dataset(VAL).images).argmax(1)).mean() >= 0.9
