@@ -43,6 +43,11 @@ def train_cnn_cmd(
     class_weights: Annotated[bool, typer.Option(help="Weight classes by inverse frequency.")] = False,
     patience: Annotated[int, typer.Option(help="Early stopping patience in epochs (0: off).")] = 0,
     seed: int = 0,
+    init: Annotated[str | None, typer.Option(help="Fine-tune this trained .keras model instead of starting "
+                                             "from scratch (--width is then ignored).")] = None,
+    teacher: Annotated[list[str] | None, typer.Option(help="Trained .keras model(s) to distil from; repeat "
+                                                      "for an ensemble.")] = None,
+    distill: Annotated[float, typer.Option(help="Share of the teachers' probabilities in the targets (0-1).")] = 0.5,
     resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out.")] = False,
 ) -> None:
     """Train mini-Xception; writes model.keras and report.{json,md}, curves.png, confusion.png."""
@@ -52,12 +57,15 @@ def train_cnn_cmd(
         raise FerliteError(f"unknown label set {labels!r} (choose {', '.join(LABEL_SETS)})")
     if size not in (48, 64):
         raise FerliteError("--size must be 48 or 64")
+    if not 0 <= distill <= 1:
+        raise FerliteError("--distill must be between 0 and 1")
     from ferlite.training.cnn import CnnConfig, train_cnn
 
     cfg = CnnConfig(data=data, val=val, out=str(out), labels=labels, soft_labels=soft_labels,
                     ferplus_csv=ferplus_csv, width=width, size=size, epochs=epochs, batch_size=batch_size,
                     learning_rate=learning_rate, weight_decay=weight_decay, label_smoothing=label_smoothing,
-                    class_weights=class_weights, patience=patience, seed=seed)
+                    class_weights=class_weights, patience=patience, seed=seed, init=init,
+                    teachers=teacher or [], distill=distill)
     model = train_cnn(cfg, resume=resume, command=_command_line())
     typer.echo(f"model: {model}\nreport: {model.parent / 'report.md'}")
 

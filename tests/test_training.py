@@ -59,3 +59,24 @@ def test_an_interrupted_training_resumes_where_it_stopped(tmp_path):
     assert not (out / "backup").exists()
     report = json.loads((out / "report.json").read_text())
     assert abs(report["metrics"]["accuracy"] - max(float(r["val_accuracy"]) for r in rows)) < 1e-3
+
+
+def test_fine_tuning_and_distillation_start_from_the_given_model(trained_run, tmp_path):
+    """--init continues from trained weights: two epochs at a small learning rate, distilling from the
+    same model, already score like the 25-epoch model, where a fresh model is near chance. A model
+    with other classes is a one-line error."""
+    from conftest import TRAIN, VAL, run_cli
+
+    args = ["train", "cnn", "--data", TRAIN, "--val", VAL, "--init", trained_run / "model.keras",
+            "--teacher", trained_run / "model.keras", "--epochs", "2", "--batch-size", "16",
+            "--learning-rate", "2e-4"]
+    tuned = run_cli(*args, "-o", tmp_path / "tuned")
+    assert tuned.returncode == 0, tuned.stderr[-2000:]
+    before = json.loads((trained_run / "report.json").read_text())["metrics"]["accuracy"]
+    after = json.loads((tmp_path / "tuned" / "report.json").read_text())["metrics"]["accuracy"]
+    assert after > 0.5 and after >= before - 0.1, (before, after)
+    config = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert config["teachers"] == [str(trained_run / "model.keras")] and config["distill"] == 0.5
+
+    wrong = run_cli(*args, "--labels", "fer6", "-o", tmp_path / "wrong")
+    assert wrong.returncode == 2 and "6 classes (fer6)" in wrong.stderr and "Traceback" not in wrong.stderr

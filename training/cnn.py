@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,9 @@ class CnnConfig:
     class_weights: bool = False
     patience: int = 0
     seed: int = 0
+    init: str | None = None
+    teachers: list[str] = field(default_factory=list)
+    distill: float = 0.5
 
 
 def _targets(ds: Dataset, cfg: CnnConfig) -> tuple[Dataset, np.ndarray]:
@@ -89,6 +92,37 @@ def _best_so_far(history: Path) -> float | None:
     return max(values, default=None)
 
 
+def _distilled(train: Dataset, targets: np.ndarray, cfg: CnnConfig) -> np.ndarray:
+    """Training targets mixed with the teachers' mean probabilities (each face averaged with its mirror),
+    `cfg.distill` of the teachers: a student learns more from their soft scores than from labels alone.
+    Computed once on the unaugmented faces, so training costs no teacher inference."""
+    from ferlite.convert.keras_model import keras_probs, load_keras
+
+    probs = []
+    for path in cfg.teachers:
+        teacher = load_keras(path)
+        if tuple(teacher.input_shape[1:]) != (cfg.size, cfg.size, 1) or teacher.output_shape[-1] != targets.shape[1]:
+            raise FerliteError(f"{path}: a teacher must take ({cfg.size}, {cfg.size}, 1) and give "
+                               f"{targets.shape[1]} classes ({cfg.labels})")
+        probs.append(keras_probs(teacher, train.images, tta_flip=True))
+    return ((1 - cfg.distill) * targets + cfg.distill * np.mean(probs, axis=0)).astype(np.float32)
+
+
+def _initial_model(cfg: CnnConfig, k: int):
+    """A fresh mini-Xception, or the trained model `cfg.init` to fine-tune (same input size and classes)."""
+    if not cfg.init:
+        from ferlite.training.models import mini_xception
+
+        return mini_xception(k, cfg.size, cfg.width)
+    from ferlite.convert.keras_model import load_keras
+
+    model = load_keras(cfg.init)
+    if tuple(model.input_shape[1:]) != (cfg.size, cfg.size, 1) or model.output_shape[-1] != k:
+        raise FerliteError(f"{cfg.init}: takes {tuple(model.input_shape[1:])} and gives {model.output_shape[-1]} "
+                           f"classes; this run needs ({cfg.size}, {cfg.size}, 1) and {k} ({cfg.labels})")
+    return model
+
+
 def train_cnn(cfg: CnnConfig, resume: bool = False, command: str = "") -> Path:
     """Train, keep the best model on the validation set, and write the reports. Returns model.keras."""
     cfg = _start_config(cfg, resume)
@@ -96,12 +130,13 @@ def train_cnn(cfg: CnnConfig, resume: bool = False, command: str = "") -> Path:
     spec = PreprocessSpec(size=cfg.size)
     train, y_train = _targets(load_dataset(cfg.data, spec), cfg)
     val, y_val = _targets(load_dataset(cfg.val, spec), cfg)
+    if cfg.teachers:
+        y_train = _distilled(train, y_train, cfg)
     if len(train) < cfg.batch_size:
         raise DatasetError(f"{cfg.data}: {len(train)} images, fewer than one batch of {cfg.batch_size}")
 
     from ferlite.quiet import import_keras
     from ferlite.training.augment import batches
-    from ferlite.training.models import mini_xception
     from ferlite.training.progress import EpochProgress
 
     keras = import_keras()
@@ -110,7 +145,7 @@ def train_cnn(cfg: CnnConfig, resume: bool = False, command: str = "") -> Path:
 
     tf.config.experimental.enable_op_determinism()  # same seed, same model: runs can be compared
     k = len(train.label_names)
-    model = mini_xception(k, cfg.size, cfg.width)
+    model = _initial_model(cfg, k)
     steps = len(train) // cfg.batch_size
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0, decay_steps=steps * cfg.epochs, warmup_target=cfg.learning_rate, warmup_steps=steps * 2)
