@@ -133,7 +133,8 @@ def convert_cmd(
     margin: Annotated[float, typer.Option(help="Crop margin around detected faces, per side "
                                           "(fraction of a Haar-style box).")] = 0.0,
     per_tensor: Annotated[bool, typer.Option(help="One int8 scale per weight tensor instead of per output "
-                                             "channel: a smaller file, so a wider model fits.")] = False,
+                                             "channel: a smaller file (a wider model fits), often less "
+                                             "agreement with float.")] = False,
     force: Annotated[bool, typer.Option(help="Write the bundle even if verification fails.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
     landmarks: LandmarksOpt = None,

@@ -96,15 +96,11 @@ def _distilled(train: Dataset, targets: np.ndarray, cfg: CnnConfig) -> np.ndarra
     """Training targets mixed with the teachers' mean probabilities (each face averaged with its mirror),
     `cfg.distill` of the teachers: a student learns more from their soft scores than from labels alone.
     Computed once on the unaugmented faces, so training costs no teacher inference."""
-    from ferlite.convert.keras_model import keras_probs, load_keras
+    from ferlite.convert.keras_model import keras_probs
 
-    probs = []
-    for path in cfg.teachers:
-        teacher = load_keras(path)
-        if tuple(teacher.input_shape[1:]) != (cfg.size, cfg.size, 1) or teacher.output_shape[-1] != targets.shape[1]:
-            raise FerliteError(f"{path}: a teacher must take ({cfg.size}, {cfg.size}, 1) and give "
-                               f"{targets.shape[1]} classes ({cfg.labels})")
-        probs.append(keras_probs(teacher, train.images, tta_flip=True))
+    k = targets.shape[1]
+    probs = [keras_probs(_load_compatible(path, cfg, k, "a teacher"), train.images, tta_flip=True)
+             for path in cfg.teachers]
     return ((1 - cfg.distill) * targets + cfg.distill * np.mean(probs, axis=0)).astype(np.float32)
 
 
@@ -114,12 +110,18 @@ def _initial_model(cfg: CnnConfig, k: int):
         from ferlite.training.models import mini_xception
 
         return mini_xception(k, cfg.size, cfg.width)
+    return _load_compatible(cfg.init, cfg, k, "a model to fine-tune")
+
+
+def _load_compatible(path: str, cfg: CnnConfig, k: int, role: str):
+    """A trained .keras model that takes this run's input and gives its k classes, or a one-line error."""
     from ferlite.convert.keras_model import load_keras
 
-    model = load_keras(cfg.init)
+    model = load_keras(path)
     if tuple(model.input_shape[1:]) != (cfg.size, cfg.size, 1) or model.output_shape[-1] != k:
-        raise FerliteError(f"{cfg.init}: takes {tuple(model.input_shape[1:])} and gives {model.output_shape[-1]} "
-                           f"classes; this run needs ({cfg.size}, {cfg.size}, 1) and {k} ({cfg.labels})")
+        got = f"{tuple(model.input_shape[1:])} and gives {model.output_shape[-1]}"
+        raise FerliteError(f"{path}: {role} must take ({cfg.size}, {cfg.size}, 1) and give {k} classes "
+                           f"({cfg.labels}); it takes {got}")
     return model
 
 
