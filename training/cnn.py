@@ -94,7 +94,7 @@ def _best_so_far(history: Path) -> float | None:
 
 def _distilled(train: Dataset, targets: np.ndarray, cfg: CnnConfig) -> np.ndarray:
     """Training targets mixed with the teachers' mean probabilities (each face averaged with its mirror),
-    `cfg.distill` of the teachers: a student learns more from their soft scores than from labels alone.
+    `cfg.distill` of the teachers: soft scores say which classes a face resembles, which labels do not.
     Computed once on the unaugmented faces, so training costs no teacher inference."""
     from ferlite.convert.keras_model import keras_probs
 
