@@ -40,6 +40,8 @@ def train_cnn_cmd(
     learning_rate: float = 2e-3,
     weight_decay: float = 1e-4,
     label_smoothing: float = 0.1,
+    augment: Annotated[str, typer.Option(help="Batch augmentation: light (flip, shift, brightness, contrast) "
+                                         "or full (also rotation and zoom).")] = "light",
     class_weights: Annotated[bool, typer.Option(help="Weight classes by inverse frequency.")] = False,
     patience: Annotated[int, typer.Option(help="Early stopping patience in epochs (0: off).")] = 0,
     seed: int = 0,
@@ -59,12 +61,16 @@ def train_cnn_cmd(
         raise FerliteError("--size must be 48 or 64")
     if not 0 <= distill <= 1:
         raise FerliteError("--distill must be between 0 and 1")
+    from ferlite.training.augment import AUGMENTATIONS
     from ferlite.training.cnn import CnnConfig, train_cnn
+
+    if augment not in AUGMENTATIONS:
+        raise FerliteError(f"unknown augmentation {augment!r} (choose {', '.join(AUGMENTATIONS)})")
 
     cfg = CnnConfig(data=data, val=val, out=str(out), labels=labels, soft_labels=soft_labels,
                     ferplus_csv=ferplus_csv, width=width, size=size, epochs=epochs, batch_size=batch_size,
                     learning_rate=learning_rate, weight_decay=weight_decay, label_smoothing=label_smoothing,
-                    class_weights=class_weights, patience=patience, seed=seed, init=init,
+                    augment=augment, class_weights=class_weights, patience=patience, seed=seed, init=init,
                     teachers=teacher or [], distill=distill)
     model = train_cnn(cfg, resume=resume, command=_command_line())
     typer.echo(f"model: {model}\nreport: {model.parent / 'report.md'}")

@@ -23,8 +23,9 @@ def test_train_cnn_learns_and_reports(trained_run):
 
 
 def test_an_interrupted_training_resumes_where_it_stopped(tmp_path):
-    """Killed after its second epoch, `--resume` goes on from the backup: every epoch runs exactly once,
-    and best.keras is only replaced by a better epoch. Starting over the same folder is refused."""
+    """Killed after its second epoch, `--resume` goes on from the backup with the saved options: every
+    epoch runs exactly once, and best.keras is only replaced by a better epoch. Starting over the same
+    folder is refused."""
     import csv
     import signal
     import subprocess
@@ -35,7 +36,7 @@ def test_an_interrupted_training_resumes_where_it_stopped(tmp_path):
 
     out = tmp_path / "run"
     args = ["train", "cnn", "--data", TRAIN, "--val", VAL, "-o", out, "--width", "0.25", "--epochs", "6",
-            "--batch-size", "32"]
+            "--batch-size", "32", "--augment", "light"]
     proc = subprocess.Popen([sys.executable, "-m", "ferlite", *map(str, args)], stderr=subprocess.DEVNULL)
     history = out / "history.csv"
     deadline = time.monotonic() + 300
@@ -50,7 +51,7 @@ def test_an_interrupted_training_resumes_where_it_stopped(tmp_path):
 
     refused = run_cli(*args)
     assert refused.returncode == 2 and "--resume" in refused.stderr
-    resumed = run_cli(*args, "--resume")
+    resumed = run_cli(*args[:-2], "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     with history.open(newline="") as f:
         rows = list(csv.DictReader(f))
@@ -58,6 +59,7 @@ def test_an_interrupted_training_resumes_where_it_stopped(tmp_path):
     assert sorted(set(epochs)) == list(range(6)) and epochs[-1] == 5
     assert not (out / "backup").exists()
     report = json.loads((out / "report.json").read_text())
+    assert report["config"]["augment"] == "light"
     assert abs(report["metrics"]["accuracy"] - max(float(r["val_accuracy"]) for r in rows)) < 1e-3
 
 
@@ -80,3 +82,5 @@ def test_fine_tuning_and_distillation_start_from_the_given_model(trained_run, tm
 
     wrong = run_cli(*args, "--labels", "fer6", "-o", tmp_path / "wrong")
     assert wrong.returncode == 2 and "6 classes (fer6)" in wrong.stderr and "Traceback" not in wrong.stderr
+    unknown = run_cli(*args, "--augment", "heavy", "-o", tmp_path / "unknown")
+    assert unknown.returncode == 2 and "unknown augmentation 'heavy'" in unknown.stderr

@@ -33,6 +33,7 @@ class CnnConfig:
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     label_smoothing: float = 0.1
+    augment: str = "light"
     class_weights: bool = False
     patience: int = 0
     seed: int = 0
@@ -157,8 +158,8 @@ def train_cnn(cfg: CnnConfig, resume: bool = False, command: str = "") -> Path:
         metrics=["accuracy"],
     )
     weights = _sample_weights(train.labels, k, cfg.class_weights)
-    train_ds = batches(train.images, y_train, weights, cfg.batch_size, augment=True, seed=cfg.seed)
-    val_ds = batches(val.images, y_val, np.ones(len(val), np.float32), cfg.batch_size, augment=False)
+    train_ds = batches(train.images, y_train, weights, cfg.batch_size, augment=cfg.augment, seed=cfg.seed)
+    val_ds = batches(val.images, y_val, np.ones(len(val), np.float32), cfg.batch_size, augment=None)
     best = _best_so_far(out / "history.csv") if resume else None
     callbacks = [
         EpochProgress(cfg.epochs, steps, best or 0.0),

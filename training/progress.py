@@ -41,6 +41,6 @@ def EpochProgress(epochs: int, steps: int, best: float = 0.0):  # noqa: N802 - b
             self.console.print(
                 f"epoch {epoch + 1:3d}/{epochs}  loss {logs.get('loss', 0):.4f}  acc {logs.get('accuracy', 0):.4f}"
                 f"  val_loss {logs.get('val_loss', 0):.4f}  val_acc {val:.4f}  {logs['seconds']:.0f}s{mark}",
-                highlight=False)
+                highlight=False, soft_wrap=True)
 
     return _EpochProgress()
