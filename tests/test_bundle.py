@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -130,6 +131,9 @@ def test_shipped_cnn_loads_and_the_model_card_quotes_its_measured_accuracy():
     metrics = manifest["metrics"]
     assert metrics["samples"] == 3589 and metrics["tta_flip"]["agreement"] >= 0.97
     card = (Path(__file__).parents[1] / "docs" / "model-card.md").read_text()
+    percents = [float(p) for p in re.findall(r"(\d+\.\d\d) %", card)]
     quoted = (metrics["float"]["accuracy"], metrics["int8"]["accuracy"], metrics["tta_flip"]["int8"]["accuracy"])
     for accuracy in quoted:
-        assert f"{accuracy * 100:.2f} %" in card, accuracy
+        # The manifest keeps 5 digits (0.63945 of 0.639454...), so the card's 2-decimal figure can
+        # round the other way than the stored value would.
+        assert any(abs(p - accuracy * 100) <= 0.0051 for p in percents), accuracy
