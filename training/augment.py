@@ -27,7 +27,8 @@ def augmenter(kind: str = "light", seed: int = 0):
 
 
 def batches(images, targets, weights, batch_size: int, augment: str | None, seed: int = 0):
-    """uint8 (N, S, S) arrays -> a tf.data pipeline of float batches (full batches only when training).
+    """uint8 (N, S, S) arrays -> a tf.data pipeline of float batches; `augment` names one of
+    AUGMENTATIONS for training (shuffled, full batches only) or is None for evaluation.
 
     Partial batches are dropped in training: TF 2.21's oneDNN path can crash on them.
     """
