@@ -66,7 +66,7 @@ def test_an_interrupted_training_resumes_where_it_stopped(tmp_path):
 def test_fine_tuning_and_distillation_start_from_the_given_model(trained_run, tmp_path):
     """--init continues from trained weights: two epochs at a small learning rate, distilling from the
     same model, already score like the 25-epoch model, where a fresh model is near chance. A model
-    with other classes is a one-line error."""
+    with other classes, or an unknown --augment, is a one-line error."""
     from conftest import TRAIN, VAL, run_cli
 
     args = ["train", "cnn", "--data", TRAIN, "--val", VAL, "--init", trained_run / "model.keras",
