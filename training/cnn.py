@@ -171,7 +171,8 @@ def train_cnn(cfg: CnnConfig, resume: bool = False, command: str = "") -> Path:
     if cfg.patience:
         callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg.patience))
     started = time.time()
-    model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=0)
+    # batches() shuffles inside tf.data; Keras' own shuffle flag would only warn that it is ignored.
+    model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, shuffle=False, verbose=0)
 
     from ferlite.training.report import write_report
 
