@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ferlite.errors import ModelError
+from ferlite.evaluate import Truth, score
 from ferlite.metrics import Metrics
 from ferlite.quiet import import_keras
 
@@ -75,12 +76,10 @@ class KerasPredictor:
         return keras_probs(self.model, faces, self.tta_flip)
 
 
-def evaluate_keras(path: Path, data: str, tta_flip: bool = False) -> tuple[Metrics, dict]:
+def evaluate_keras(path: Path, data: str, tta_flip: bool = False, truth: Truth = Truth()) -> tuple[Metrics, dict]:
     """`ferlite eval MODEL.keras`: the float model scored exactly as `evaluate_bundle` scores a bundle."""
-    from ferlite.datasets import load_dataset
-    from ferlite.evaluate import score
     from ferlite.preprocess import PreprocessSpec
 
     predictor = KerasPredictor(path, tta_flip)
-    dataset = load_dataset(data, PreprocessSpec(size=predictor.size)).relabel(tuple(predictor.labels))
-    return score(predictor, dataset, dataset.images, model=str(path), data=data)
+    dataset = truth.faces(data, tuple(predictor.labels), PreprocessSpec(size=predictor.size))
+    return score(predictor, dataset, dataset.images, model=str(path), data=data, truth=truth)

@@ -193,19 +193,22 @@ def eval_cmd(
     tta_flip: Annotated[bool | None, typer.Option("--tta-flip/--no-tta-flip", help="Override the bundle's "
                                                      "flip averaging.")] = None,
     threads: Annotated[int | None, typer.Option(help="Interpreter threads.")] = None,
+    ferplus: Annotated[bool, typer.Option(help="Score against the FER+ majority vote instead of the "
+                                          "dataset's labels (FER2013 data with row numbers).")] = False,
+    ferplus_csv: Annotated[str | None, typer.Option(help="fer2013new.csv (default: beside --data).")] = None,
 ) -> None:
     """Accuracy, macro-F1, top-2, per-class P/R/F1 and confusion matrix on labelled faces."""
     from ferlite.console import print_metrics
+    from ferlite.evaluate import Truth, evaluate_bundle
 
     path = _bundle_path(bundle)
+    truth = Truth(ferplus, ferplus_csv)
     if path.suffix == ".keras":
         from ferlite.convert.keras_model import evaluate_keras
 
-        metrics, details = evaluate_keras(path, data, bool(tta_flip))
+        metrics, details = evaluate_keras(path, data, bool(tta_flip), truth)
     else:
-        from ferlite.evaluate import evaluate_bundle
-
-        metrics, details = evaluate_bundle(path, data, threads=threads, tta_flip=tta_flip)
+        metrics, details = evaluate_bundle(path, data, threads=threads, tta_flip=tta_flip, truth=truth)
     if plot is not None:
         from ferlite.plots import confusion_png
 

@@ -76,7 +76,7 @@ def print_metrics(metrics: Metrics, details: dict, as_json: bool) -> None:
     from rich.table import Table
 
     con = _console()
-    con.print(f"[bold]{details['model']}[/] on {details['data']} ({details['runtime']}"
+    con.print(f"[bold]{details['model']}[/] on {details['data']}, {details['truth']} ({details['runtime']}"
               f"{', flip-TTA' if details['tta_flip'] else ''})")
     con.print(f"accuracy {metrics.accuracy:.2%} · top-2 {metrics.top2:.2%} · macro-F1 {metrics.macro_f1:.3f} · "
               f"{metrics.samples} faces")

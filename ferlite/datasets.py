@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ferlite.errors import DatasetError
-from ferlite.labels import FER7, canonical, remap
+from ferlite.labels import FER7, FERPLUS, canonical, ferplus_targets, ferplus_votes, remap
 from ferlite.preprocess import PreprocessSpec, fit_images, to_gray
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -53,6 +53,17 @@ class Dataset:
         if not keep.any():
             raise DatasetError(f"{self.source}: none of its classes exist in {', '.join(names)}")
         return replace(self.subset(keep), labels=codes[keep], label_names=tuple(names))
+
+    def with_ferplus_labels(self, csv_path: str | Path | None = None) -> tuple[Dataset, np.ndarray]:
+        """FER2013 faces relabelled by FER+ (ten annotators per face, Barsoum et al. 2016): the majority
+        label, and each face's vote shares (N x 8). Faces voted unknown or not-a-face, or tied, are
+        dropped. The votes file defaults to fer2013new.csv beside the dataset."""
+        if self.index is None:
+            raise DatasetError(f"{self.source}: FER+ labels need FER2013 row numbers ('index' in the .npz or a CSV)")
+        votes = ferplus_votes(csv_path or Path(self.source).parent / "fer2013new.csv", self.index)
+        majority, keep = ferplus_targets(votes)
+        shares, _ = ferplus_targets(votes, soft=True)
+        return replace(self.subset(keep), labels=majority[keep], label_names=FERPLUS), shares[keep]
 
 
 def load_dataset(spec: str | Path, spec_size: PreprocessSpec | None = None) -> Dataset:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ferlite.datasets import Dataset, load_dataset
 from ferlite.metrics import Metrics, compute_metrics
+from ferlite.preprocess import PreprocessSpec
 
 
 def predict_dataset(predictor, inputs: np.ndarray, chunk: int = 256, description: str = "evaluating") -> np.ndarray:
@@ -19,16 +21,33 @@ def predict_dataset(predictor, inputs: np.ndarray, chunk: int = 256, description
     return np.concatenate(parts) if parts else np.zeros((0, len(predictor.labels)), np.float32)
 
 
-def score(predictor, dataset: Dataset, inputs: np.ndarray, model: str, data: str) -> tuple[Metrics, dict]:
+@dataclass(frozen=True)
+class Truth:
+    """Which labels a model is scored against: the dataset's own, or FER+'s majority vote
+    (`ferplus`, for FER2013 data; `ferplus_csv` defaults to fer2013new.csv beside the data)."""
+
+    ferplus: bool = False
+    ferplus_csv: str | None = None
+
+    def faces(self, data: str, labels: tuple[str, ...], spec: PreprocessSpec | None = None) -> Dataset:
+        """The labelled faces in the model's label set; classes the model lacks are dropped."""
+        dataset = load_dataset(data, spec)
+        if self.ferplus:
+            dataset, _ = dataset.with_ferplus_labels(self.ferplus_csv)
+        return dataset.relabel(labels)
+
+
+def score(predictor, dataset: Dataset, inputs: np.ndarray, model: str, data: str,
+          truth: Truth) -> tuple[Metrics, dict]:
     """Metrics of `predictor` on prepared inputs, and the details `ferlite eval` prints beside them."""
     probs = predict_dataset(predictor, inputs)
-    details = {"model": model, "data": data, "runtime": predictor.runtime, "tta_flip": predictor.tta_flip,
-               "labels": list(predictor.labels)}
+    details = {"model": model, "data": data, "truth": "FER+ majority" if truth.ferplus else "dataset labels",
+               "runtime": predictor.runtime, "tta_flip": predictor.tta_flip, "labels": list(predictor.labels)}
     return compute_metrics(dataset.labels, probs, tuple(predictor.labels)), details
 
 
-def evaluate_bundle(path: Path, data: str, threads: int | None = None,
-                    tta_flip: bool | None = None) -> tuple[Metrics, dict]:
+def evaluate_bundle(path: Path, data: str, threads: int | None = None, tta_flip: bool | None = None,
+                    truth: Truth = Truth()) -> tuple[Metrics, dict]:
     """`ferlite eval BUNDLE`: the int8 model on the device runtime, faces prepared as on the device."""
     from ferlite.bundle import read_bundle
     from ferlite.inputs import dataset_inputs
@@ -36,5 +55,6 @@ def evaluate_bundle(path: Path, data: str, threads: int | None = None,
 
     bundle = read_bundle(path)
     predictor = Predictor(bundle, threads=threads, tta_flip=tta_flip)
-    dataset = load_dataset(data).relabel(tuple(predictor.labels))
-    return score(predictor, dataset, dataset_inputs(bundle.manifest, dataset.images), model=str(path), data=data)
+    dataset = truth.faces(data, tuple(predictor.labels))
+    return score(predictor, dataset, dataset_inputs(bundle.manifest, dataset.images), model=str(path), data=data,
+                 truth=truth)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
-from conftest import VAL, run_cli
+from conftest import FIXTURES, VAL, run_cli
 
+from ferlite.bundle import read_bundle
 from ferlite.datasets import load_dataset
 from ferlite.errors import DatasetError
 from ferlite.labels import FER6, FER7, canonical, ferplus_targets
@@ -97,3 +100,31 @@ def test_label_sets():
     assert keep.tolist() == [True, False, False] and labels[0] == 0
     soft, _ = ferplus_targets(votes, soft=True)
     assert np.allclose(soft[0, [0, 4]], [0.6, 0.4])
+
+
+def test_eval_against_ferplus_majority(tmp_path):
+    """`ferlite eval --ferplus` scores the same faces against FER+'s ten-annotator majority instead of
+    FER2013's single label: some faces change class, unknown and tied ones drop out."""
+    from ferlite.inputs import dataset_inputs
+    from ferlite.models import DEFAULT_CNN
+    from ferlite.runtime import Predictor
+
+    votes_csv = FIXTURES / "ferplus_mini_val.csv"  # the FER+ rows of VAL's faces, in VAL's order
+    faces = tmp_path / "val.npz"
+    with np.load(VAL) as npz:
+        np.savez(faces, **{k: npz[k] for k in ("images", "labels", "label_names")}, index=np.arange(120))
+    result = run_cli("eval", "--data", faces, "--ferplus", "--ferplus-csv", votes_csv, "--json")
+    assert result.returncode == 0, result.stderr
+    got = json.loads(result.stdout)
+
+    relabelled, shares = load_dataset(faces).with_ferplus_labels(votes_csv)
+    assert got["truth"] == "FER+ majority" and got["samples"] == len(relabelled) == 112
+    assert shares.shape == (112, 8) and np.allclose(shares.sum(axis=1), 1)
+    original = load_dataset(faces).subset(relabelled.index)  # index = position here
+    assert 0 < sum(a != b for a, b in zip(original.relabel(FER7).labels, relabelled.relabel(FER7).labels)) < 20
+    bundle = read_bundle(DEFAULT_CNN)
+    predicted = Predictor(bundle).predict(dataset_inputs(bundle.manifest, relabelled.images)).argmax(axis=1)
+    assert got["accuracy"] == pytest.approx(np.mean(predicted == relabelled.relabel(FER7).labels))
+
+    no_rows = run_cli("eval", "--data", FIXTURES / "jaffe_mini.npz", "--ferplus")
+    assert no_rows.returncode == 2 and no_rows.stderr.count("\n") == 1 and "row numbers" in no_rows.stderr

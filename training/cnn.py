@@ -5,14 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ferlite.datasets import Dataset, load_dataset
 from ferlite.errors import DatasetError, FerliteError
-from ferlite.labels import LABEL_SETS, ferplus_targets, ferplus_votes
+from ferlite.labels import LABEL_SETS
 from ferlite.preprocess import PreprocessSpec
 
 
@@ -48,16 +48,10 @@ def _targets(ds: Dataset, cfg: CnnConfig) -> tuple[Dataset, np.ndarray]:
     if cfg.labels != "ferplus":
         ds = ds.relabel(names)
         return ds, np.eye(len(names), dtype=np.float32)[ds.labels]
-    if ds.index is None:
-        raise DatasetError(f"{ds.source}: FER+ labels need FER2013 row numbers ('index' in the .npz or a CSV)")
-    csv_path = cfg.ferplus_csv or str(Path(ds.source).parent / "fer2013new.csv")
-    votes = ferplus_votes(csv_path, ds.index)
-    majority, keep = ferplus_targets(votes)
-    ds = replace(ds.subset(keep), labels=majority[keep], label_names=names)
+    ds, shares = ds.with_ferplus_labels(cfg.ferplus_csv)
     if cfg.soft_labels:
-        return ds, ferplus_targets(votes, soft=True)[0][keep]
-    targets = np.eye(len(names), dtype=np.float32)[ds.labels]
-    return ds, targets
+        return ds, shares
+    return ds, np.eye(len(names), dtype=np.float32)[ds.labels]
 
 
 def _sample_weights(labels: np.ndarray, k: int, balanced: bool) -> np.ndarray:
