@@ -193,7 +193,7 @@ def eval_cmd(
     tta_flip: Annotated[bool | None, typer.Option("--tta-flip/--no-tta-flip", help="Override the bundle's "
                                                      "flip averaging.")] = None,
     threads: Annotated[int | None, typer.Option(help="Interpreter threads.")] = None,
-    ferplus: Annotated[bool, typer.Option(help="Score against the FER+ majority vote instead of the "
+    ferplus: Annotated[bool, typer.Option("--ferplus", help="Score against the FER+ majority vote instead of the "
                                           "dataset's labels (FER2013 data with row numbers).")] = False,
     ferplus_csv: Annotated[str | None, typer.Option(help="fer2013new.csv (default: beside --data).")] = None,
 ) -> None:
