@@ -47,8 +47,8 @@ def train_cnn_cmd(
     seed: int = 0,
     init: Annotated[str | None, typer.Option(help="Fine-tune this trained .keras model instead of starting "
                                              "from scratch (--width is then ignored).")] = None,
-    teacher: Annotated[list[str] | None, typer.Option(help="Trained .keras model(s) to distil from; repeat "
-                                                      "for an ensemble.")] = None,
+    teacher: Annotated[list[str] | None, typer.Option(help="Trained .keras model(s) or .ferlite bundle(s) "
+                                                      "to distil from; repeat for an ensemble.")] = None,
     distill: Annotated[float, typer.Option(help="Share of the teachers' probabilities in the targets (0-1).")] = 0.5,
     resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out.")] = False,
 ) -> None:

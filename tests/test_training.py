@@ -84,3 +84,27 @@ def test_fine_tuning_and_distillation_start_from_the_given_model(trained_run, tm
     assert wrong.returncode == 2 and "6 classes (fer6)" in wrong.stderr and "Traceback" not in wrong.stderr
     unknown = run_cli(*args, "--augment", "heavy", "-o", tmp_path / "unknown")
     assert unknown.returncode == 2 and "unknown augmentation 'heavy'" in unknown.stderr
+
+
+def test_a_bundle_teaches_with_its_int8_probabilities(tmp_path):
+    """--teacher takes a .ferlite bundle: the shipped default, run on the device runtime with flip-TTA,
+    gives soft targets that name the labelled class for most committed faces, mixed half and half with
+    the labels. A bundle with other classes than the run's is a one-line error."""
+    from conftest import TRAIN, VAL, run_cli
+
+    from ferlite.datasets import load_dataset
+    from ferlite.models import DEFAULT_CNN
+    from ferlite.training.cnn import CnnConfig, _distilled, _targets
+
+    cfg = CnnConfig(data=str(TRAIN), val=str(VAL), out=str(tmp_path / "unused"), teachers=[str(DEFAULT_CNN)])
+    train, onehot = _targets(load_dataset(cfg.data), cfg)
+    targets = _distilled(train, onehot, cfg)
+    np.testing.assert_allclose(targets.sum(axis=1), 1, atol=1e-3)
+    teacher = 2 * targets - onehot
+    assert (teacher >= -1e-3).all() and 0 < teacher.max(axis=1).min() < 1
+    assert (teacher.argmax(axis=1) == train.labels).mean() > 0.7
+
+    wrong = run_cli("train", "cnn", "--data", TRAIN, "--val", VAL, "-o", tmp_path / "wrong", "--labels", "fer6",
+                    "--teacher", DEFAULT_CNN)
+    assert wrong.returncode == 2 and "must give the 6 classes of fer6" in wrong.stderr
+    assert "Traceback" not in wrong.stderr

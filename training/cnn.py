@@ -91,12 +91,29 @@ def _distilled(train: Dataset, targets: np.ndarray, cfg: CnnConfig) -> np.ndarra
     """Training targets mixed with the teachers' mean probabilities (each face averaged with its mirror),
     `cfg.distill` of the teachers: soft scores say which classes a face resembles, which labels do not.
     Computed once on the unaugmented faces, so training costs no teacher inference."""
-    from ferlite.convert.keras_model import keras_probs
-
     k = targets.shape[1]
-    probs = [keras_probs(_load_compatible(path, cfg, k, "a teacher"), train.images, tta_flip=True)
-             for path in cfg.teachers]
+    probs = [_teacher_probs(path, train, cfg, k) for path in cfg.teachers]
     return ((1 - cfg.distill) * targets + cfg.distill * np.mean(probs, axis=0)).astype(np.float32)
+
+
+def _teacher_probs(path: str, train: Dataset, cfg: CnnConfig, k: int) -> np.ndarray:
+    """One teacher's probabilities with flip-TTA: a float .keras model, or a .ferlite bundle (int8, on the
+    device runtime, with its own preprocessing) such as the shipped default, so a user can distil from it."""
+    if not path.endswith(".ferlite"):
+        from ferlite.convert.keras_model import keras_probs
+
+        return keras_probs(_load_compatible(path, cfg, k, "a teacher"), train.images, tta_flip=True)
+    from ferlite.bundle import read_bundle
+    from ferlite.evaluate import predict_dataset
+    from ferlite.inputs import dataset_inputs
+    from ferlite.runtime import Predictor
+
+    bundle = read_bundle(Path(path))
+    if tuple(bundle.manifest.labels) != tuple(train.label_names):
+        raise FerliteError(f"{path}: a teacher must give the {k} classes of {cfg.labels} "
+                           f"({', '.join(train.label_names)}); it gives {', '.join(bundle.manifest.labels)}")
+    predictor = Predictor(bundle, tta_flip=True)
+    return predict_dataset(predictor, dataset_inputs(bundle.manifest, train.images), description="teacher")
 
 
 def _initial_model(cfg: CnnConfig, k: int):
