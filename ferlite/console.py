@@ -64,7 +64,8 @@ def print_info(bundle: Bundle, runtime: str | None, as_json: bool) -> None:
     p = m.provenance
     if p:
         con.print(f"made {p.get('created_utc')} by ferlite {p.get('ferlite_version')} "
-                  f"(commit {str(p.get('git_commit'))[:10]}) from {p.get('training_data')}")
+                  f"(commit {str(p.get('git_commit'))[:10]})"
+                  + (f" from {p['training_data']}" if p.get("training_data") else ""))
     if runtime:
         con.print(f"runtime: {runtime}")
 

@@ -46,6 +46,18 @@ def test_round_trip(tiny_bundle, tmp_path):
     assert not list(tmp_path.glob(".*.tmp")), "atomic write left its temp file"
 
 
+def test_info_names_the_training_data_only_when_known(tiny_bundle, tmp_path):
+    """A model converted outside a run folder has no training data on record: info must not say "from None"."""
+    from dataclasses import replace
+
+    bundle = read_bundle(tiny_bundle)
+    assert " from " in run_cli("info", str(tiny_bundle)).stdout  # a converted run names its data
+    provenance = {**bundle.manifest.provenance, "training_data": None}
+    path = write_bundle(tmp_path / "loose.ferlite", replace(bundle.manifest, provenance=provenance), bundle.model)
+    result = run_cli("info", str(path))
+    assert result.returncode == 0 and "made " in result.stdout and " from " not in result.stdout.split("made ")[1]
+
+
 def _broken(tiny_bundle: Path, tmp_path: Path, how: str) -> Path:
     raw = tiny_bundle.read_bytes()
     out = tmp_path / f"{how}.ferlite"
