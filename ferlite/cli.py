@@ -27,9 +27,10 @@ def _command_line() -> str:
 
 @train_app.command("cnn")
 def train_cnn_cmd(
-    data: Annotated[str, typer.Option(help="Training data: .npz, FER2013 .csv[:Usage] or a folder per class.")],
-    val: Annotated[str, typer.Option(help="Validation data, used to choose the best epoch.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Run folder (outside git, e.g. runs/NAME).")],
+    data: Annotated[str | None, typer.Option(help="Training data: .npz, FER2013 .csv[:Usage] or a folder per "
+                                             "class.")] = None,
+    val: Annotated[str | None, typer.Option(help="Validation data, used to choose the best epoch.")] = None,
     labels: Annotated[str, typer.Option(help="Label set: fer7, fer6 (disgust into angry) or ferplus.")] = "fer7",
     soft_labels: Annotated[bool, typer.Option(help="ferplus: train on the FER+ vote distribution.")] = False,
     ferplus_csv: Annotated[str | None, typer.Option(help="fer2013new.csv (default: beside --data).")] = None,
@@ -50,11 +51,14 @@ def train_cnn_cmd(
     teacher: Annotated[list[str] | None, typer.Option(help="Trained .keras model(s) or .ferlite bundle(s) "
                                                       "to distil from; repeat for an ensemble.")] = None,
     distill: Annotated[float, typer.Option(help="Share of the teachers' probabilities in the targets (0-1).")] = 0.5,
-    resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out with the options it was "
+                                              "started with (other options are ignored).")] = False,
 ) -> None:
     """Train mini-Xception; writes model.keras and report.{json,md}, curves.png, confusion.png."""
     from ferlite.labels import LABEL_SETS
 
+    if not resume and (data is None or val is None):
+        raise ConfigError("--data and --val are needed to start a run (only --resume reads them from the run)")
     if labels not in LABEL_SETS:
         raise FerliteError(f"unknown label set {labels!r} (choose {', '.join(LABEL_SETS)})")
     if size not in (48, 64):
@@ -67,7 +71,7 @@ def train_cnn_cmd(
     if augment not in AUGMENTATIONS:
         raise FerliteError(f"unknown augmentation {augment!r} (choose {', '.join(AUGMENTATIONS)})")
 
-    cfg = CnnConfig(data=data, val=val, out=str(out), labels=labels, soft_labels=soft_labels,
+    cfg = CnnConfig(data=data or "", val=val or "", out=str(out), labels=labels, soft_labels=soft_labels,
                     ferplus_csv=ferplus_csv, width=width, size=size, epochs=epochs, batch_size=batch_size,
                     learning_rate=learning_rate, weight_decay=weight_decay, label_smoothing=label_smoothing,
                     augment=augment, class_weights=class_weights, patience=patience, seed=seed, init=init,

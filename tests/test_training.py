@@ -23,9 +23,9 @@ def test_train_cnn_learns_and_reports(trained_run):
 
 
 def test_an_interrupted_training_resumes_where_it_stopped(tmp_path):
-    """Killed after its second epoch, `--resume` goes on from the backup with the saved options: every
-    epoch runs exactly once, and best.keras is only replaced by a better epoch. Starting over the same
-    folder is refused."""
+    """Killed after its second epoch, `--resume` goes on from the backup with the saved options (only -o
+    is needed): every epoch runs exactly once, and best.keras is only replaced by a better epoch.
+    Starting over the same folder is refused, and so is a new run without --data."""
     import csv
     import signal
     import subprocess
@@ -51,7 +51,9 @@ def test_an_interrupted_training_resumes_where_it_stopped(tmp_path):
 
     refused = run_cli(*args)
     assert refused.returncode == 2 and "--resume" in refused.stderr
-    resumed = run_cli(*args[:-2], "--resume")
+    unnamed = run_cli("train", "cnn", "-o", tmp_path / "other")
+    assert unnamed.returncode == 2 and "--data" in unnamed.stderr and not (tmp_path / "other").exists()
+    resumed = run_cli("train", "cnn", "-o", out, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     with history.open(newline="") as f:
         rows = list(csv.DictReader(f))
