@@ -60,10 +60,20 @@ def quantize_keras(model, calibration: np.ndarray, progress: bool = True, per_te
                 raise ModelError(f"TensorFlow {tf.__version__} has no per-tensor quantization switch; "
                                  "convert without --per-tensor")
             converter._experimental_disable_per_channel = True
-        model_bytes = converter.convert()
+        model_bytes = strip_names(converter.convert())
     if per_tensor and per_channel_tensors(model_bytes):
         raise ModelError(f"TensorFlow {tf.__version__} ignored per-tensor quantization; convert without --per-tensor")
     return model_bytes
+
+
+def strip_names(model_bytes: bytes) -> bytes:
+    """The model without tensor and subgraph names or signatures: they are 6 % of a small CNN's file
+    (8,280 of 141,464 bytes), and the runtime finds its input and output by index, the manifest describes them."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
+    flatbuffer_utils.strip_strings(model)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def per_channel_tensors(model_bytes: bytes) -> int:
