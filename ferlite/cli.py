@@ -200,6 +200,9 @@ def eval_cmd(
     ferplus: Annotated[bool, typer.Option("--ferplus", help="Score against the FER+ majority vote instead of the "
                                           "dataset's labels (FER2013 data with row numbers).")] = False,
     ferplus_csv: Annotated[str | None, typer.Option(help="fer2013new.csv (default: beside --data).")] = None,
+    detector: Annotated[str | None, typer.Option(help="Treat the images as photos: find the largest face with "
+                                                 "this detector (haar, dlib, blazeface) and crop it as the "
+                                                 "device does; images without a face are counted.")] = None,
 ) -> None:
     """Accuracy, macro-F1, top-2, per-class P/R/F1 and confusion matrix on labelled faces."""
     from ferlite.console import print_metrics
@@ -210,9 +213,12 @@ def eval_cmd(
     if path.suffix == ".keras":
         from ferlite.convert.keras_model import evaluate_keras
 
+        if detector is not None:
+            raise ConfigError("--detector scores a bundle on the device path; convert the .keras model first")
         metrics, details = evaluate_keras(path, data, bool(tta_flip), truth)
     else:
-        metrics, details = evaluate_bundle(path, data, threads=threads, tta_flip=tta_flip, truth=truth)
+        metrics, details = evaluate_bundle(path, data, threads=threads, tta_flip=tta_flip, truth=truth,
+                                           detector=detector)
     if plot is not None:
         from ferlite.plots import confusion_png
 

@@ -81,6 +81,9 @@ def print_metrics(metrics: Metrics, details: dict, as_json: bool) -> None:
               f"{', flip-TTA' if details['tta_flip'] else ''})")
     con.print(f"accuracy {metrics.accuracy:.2%} · top-2 {metrics.top2:.2%} · macro-F1 {metrics.macro_f1:.3f} · "
               f"{metrics.samples} faces")
+    if "detector" in details:
+        con.print(f"{details['detector']} found a face in {details['images'] - details['no_face']} of "
+                  f"{details['images']} images; the others are not scored")
     table = Table("class", "precision", "recall", "F1", "support")
     for c in metrics.per_class:
         table.add_row(c.name, f"{c.precision:.3f}", f"{c.recall:.3f}", f"{c.f1:.3f}", str(c.support))

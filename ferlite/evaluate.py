@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ferlite.datasets import Dataset, load_dataset
+from ferlite.errors import DatasetError
 from ferlite.metrics import Metrics, compute_metrics
 from ferlite.preprocess import PreprocessSpec
 
@@ -46,9 +47,28 @@ def score(predictor, dataset: Dataset, inputs: np.ndarray, model: str, data: str
     return compute_metrics(dataset.labels, probs, tuple(predictor.labels)), details
 
 
+def detected_faces(manifest, dataset: Dataset, detector) -> tuple[Dataset, np.ndarray]:
+    """The dataset's images that hold a face, and the inputs of the largest face in each, found and
+    cropped as the device does it (for photos rather than crops)."""
+    from rich.progress import track
+
+    from ferlite.inputs import face_inputs
+
+    found, inputs = [], []
+    for i, image in enumerate(track(dataset.images, description=f"detecting ({detector.name})", transient=True)):
+        boxes = detector.detect(image)
+        if boxes:
+            found.append(i)
+            inputs.append(face_inputs(manifest, image, boxes[:1])[0])
+    if not found:
+        raise DatasetError(f"{dataset.source}: the {detector.name} detector finds no face in any image")
+    return dataset.subset(np.array(found)), np.stack(inputs)
+
+
 def evaluate_bundle(path: Path, data: str, threads: int | None = None, tta_flip: bool | None = None,
-                    truth: Truth = Truth()) -> tuple[Metrics, dict]:
-    """`ferlite eval BUNDLE`: the int8 model on the device runtime, faces prepared as on the device."""
+                    truth: Truth = Truth(), detector: str | None = None) -> tuple[Metrics, dict]:
+    """`ferlite eval BUNDLE`: the int8 model on the device runtime, faces prepared as on the device;
+    with `detector`, each image is a photo in which that detector finds the face first."""
     from ferlite.bundle import read_bundle
     from ferlite.inputs import dataset_inputs
     from ferlite.runtime import Predictor
@@ -56,5 +76,11 @@ def evaluate_bundle(path: Path, data: str, threads: int | None = None, tta_flip:
     bundle = read_bundle(path)
     predictor = Predictor(bundle, threads=threads, tta_flip=tta_flip)
     dataset = truth.faces(data, tuple(predictor.labels))
-    return score(predictor, dataset, dataset_inputs(bundle.manifest, dataset.images), model=str(path), data=data,
-                 truth=truth)
+    if detector is None:
+        return score(predictor, dataset, dataset_inputs(bundle.manifest, dataset.images), model=str(path),
+                     data=data, truth=truth)
+    from ferlite.device.detectors import make_detector
+
+    faces, inputs = detected_faces(bundle.manifest, dataset, make_detector(detector))
+    metrics, details = score(predictor, faces, inputs, model=str(path), data=data, truth=truth)
+    return metrics, {**details, "detector": detector, "images": len(dataset), "no_face": len(dataset) - len(faces)}

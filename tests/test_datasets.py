@@ -128,3 +128,31 @@ def test_eval_against_ferplus_majority(tmp_path):
 
     no_rows = run_cli("eval", "--data", FIXTURES / "jaffe_mini.npz", "--ferplus")
     assert no_rows.returncode == 2 and no_rows.stderr.count("\n") == 1 and "row numbers" in no_rows.stderr
+
+
+def test_eval_on_photos_finds_each_face_first(tmp_path):
+    """`ferlite eval --detector` scores photos as the device sees them: JAFFE faces placed off-centre
+    in larger frames are found and cropped, and score as well as the crops themselves; without it
+    the whole frame is taken for the face."""
+    with np.load(FIXTURES / "jaffe_mini.npz") as npz:
+        faces = {k: npz[k] for k in ("images", "labels", "label_names")}
+    frames = np.full((len(faces["images"]), 240, 320), 128, np.uint8)
+    frames[:, 40:140, 170:270] = faces["images"]
+    photos = tmp_path / "photos.npz"
+    np.savez(photos, **{**faces, "images": frames})
+
+    def accuracy(data, *args):
+        result = run_cli("eval", "--data", data, "--json", *args)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    crops, found = accuracy(FIXTURES / "jaffe_mini.npz"), accuracy(photos, "--detector", "haar")
+    assert found["images"] == 24 and found["no_face"] == 0 and found["samples"] == 24
+    assert found["accuracy"] >= 0.75 and abs(found["accuracy"] - crops["accuracy"]) <= 0.125
+    assert accuracy(photos)["accuracy"] < found["accuracy"] - 0.2
+
+    blank = tmp_path / "blank.npz"
+    np.savez(blank, **{**faces, "images": np.full_like(frames, 128)})
+    result = run_cli("eval", "--data", blank, "--detector", "haar")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {blank}: the haar detector finds no face in any image"
