@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -11,6 +12,10 @@ from ferlite.datasets import Dataset, load_dataset
 from ferlite.errors import DatasetError
 from ferlite.metrics import Metrics, compute_metrics
 from ferlite.preprocess import PreprocessSpec
+
+if TYPE_CHECKING:
+    from ferlite.bundle import Manifest
+    from ferlite.device.detectors import Detector
 
 
 def predict_dataset(predictor, inputs: np.ndarray, chunk: int = 256, description: str = "evaluating") -> np.ndarray:
@@ -47,7 +52,7 @@ def score(predictor, dataset: Dataset, inputs: np.ndarray, model: str, data: str
     return compute_metrics(dataset.labels, probs, tuple(predictor.labels)), details
 
 
-def detected_faces(manifest, dataset: Dataset, detector) -> tuple[Dataset, np.ndarray]:
+def detected_faces(manifest: Manifest, dataset: Dataset, detector: Detector) -> tuple[Dataset, np.ndarray]:
     """The dataset's images that hold a face, and the inputs of the largest face in each, found and
     cropped as the device does it (for photos rather than crops)."""
     from rich.progress import track
