@@ -57,9 +57,10 @@ def percentile(values: list[float], q: float) -> float:
 # --- the fer side (runs in the fer venv) ---------------------------------------------------------
 
 
-def fer_speed(video: str, frames: int, warmup: int, loop: bool, keras: bool) -> dict:
+def fer_speed(video: str, frames: int, warmup: int, loop: bool, keras: bool, boxes_out: str | None = None) -> dict:
     """fer's Haar + emotion pipeline on each frame of a video, looped until warmup + frames frames;
-    its default TFLite model, or its Keras model (`use_tflite=False`) with `keras`."""
+    its default TFLite model, or its Keras model (`use_tflite=False`) with `keras`; `boxes_out`:
+    write the boxes found in each frame there as JSON."""
     import resource
 
     import cv2
@@ -67,7 +68,7 @@ def fer_speed(video: str, frames: int, warmup: int, loop: bool, keras: bool) -> 
 
     detector = FER(mtcnn=False) if not keras else FER(mtcnn=False, use_tflite=False)
     cap = cv2.VideoCapture(video)
-    samples, faces, done, first = [], 0, 0, None
+    samples, faces, done, first, boxes = [], 0, 0, None, []
     while done < warmup + frames:
         started = time.perf_counter()
         ok, frame = cap.read()
@@ -78,6 +79,7 @@ def fer_speed(video: str, frames: int, warmup: int, loop: bool, keras: bool) -> 
             cap = cv2.VideoCapture(video)
             continue
         found = detector.detect_emotions(frame)
+        boxes.append([[int(v) for v in face["box"]] for face in found])
         if found and first is None:
             first = process_age()
         done += 1
@@ -85,6 +87,8 @@ def fer_speed(video: str, frames: int, warmup: int, loop: bool, keras: bool) -> 
             samples.append(time.perf_counter() - started)
             faces += len(found)
     cap.release()
+    if boxes_out:
+        Path(boxes_out).write_text(json.dumps(boxes))
     seconds = sum(samples)
     return {"frames": len(samples), "faces": faces, "seconds": seconds, "fps": len(samples) / seconds,
             "faces_per_s": faces / seconds, "frame_ms": {"median": 1000 * statistics.median(samples),
@@ -170,8 +174,33 @@ def med(rows: list[dict], *path: str) -> float:
     return statistics.median(values)
 
 
-def speed(args, video: Path, video_frames: int) -> dict:
-    """Every program once per round, in the same order each round, all pinned to CPU 0."""
+def logged_boxes(db: Path) -> dict[int, list[tuple]]:
+    """The boxes a `ferlite run` logged, per frame number."""
+    import sqlite3
+    from contextlib import closing
+
+    found: dict[int, list[tuple]] = {}
+    with closing(sqlite3.connect(db)) as con:
+        for frame, *box in con.execute("SELECT frame, x, y, w, h FROM detections"):
+            found.setdefault(frame, []).append(tuple(box))
+    return found
+
+
+def true_faces(truth: list, found: dict[int, list[tuple]]) -> dict:
+    """How many of the annotated faces a one-pass run found (IoU >= 0.5), and its false faces per frame."""
+    from scenes import match
+
+    hits = false = 0
+    for number, frame in enumerate(truth):
+        hit, wrong = match(frame, found.get(number, []))
+        hits, false = hits + hit, false + wrong
+    total = sum(len(frame.faces) for frame in truth)
+    return {"true_faces": total, "found": hits, "recall": hits / max(total, 1), "false_per_frame": false / len(truth)}
+
+
+def speed(args, video: Path, video_frames: int, truth: list | None) -> dict:
+    """Every program once per round, in the same order each round, all pinned to CPU 0; with `truth`
+    (the annotated multi-face clip), also how many true faces each one-pass run found."""
     ferlite = [str(args.ferlite_python), "-m", "ferlite"]
     bench = [*ferlite, "bench", "--bundle", str(args.bundle), "--source", str(video), "--threads", "1",
              "--frames", str(args.frames), "--warmup", str(args.warmup), "--json"]
@@ -188,16 +217,28 @@ def speed(args, video: Path, video_frames: int) -> dict:
             every: [*bench, "--detect-every", str(args.detect_every)],
             "fer_keras": [*fer, *loops, "--fer-keras"],
             "ferlite_run_one_pass": [*run, "--log", str(Path(tmp) / "pass.db")],
-            "fer_one_pass": [*fer, *one_pass],
+            f"{every}_run_one_pass": [*run, "--detect-every", str(args.detect_every), "--log",
+                                      str(Path(tmp) / "every.db")],
+            "fer_one_pass": [*fer, *one_pass, "--boxes", str(Path(tmp) / "fer_boxes.json")],
             "ferlite_run_one_frame": [*run, "--log", str(Path(tmp) / "first.db"), "--max-frames", "1"],
+        }
+        outputs = {  # the boxes each one-pass run found, per frame number
+            "ferlite_run_one_pass": lambda: logged_boxes(Path(tmp) / "pass.db"),
+            f"{every}_run_one_pass": lambda: logged_boxes(Path(tmp) / "every.db"),
+            "fer_one_pass": lambda: dict(enumerate(json.loads((Path(tmp) / "fer_boxes.json").read_text()))),
         }
         for r in range(args.rounds):
             print(f"speed round {r + 1}/{args.rounds}", file=sys.stderr)
             for name, cmd in programs.items():
+                for stale in Path(tmp).glob("*.db*"):
+                    stale.unlink()
                 out, wall, rss = measure(cmd, {0})
                 rows.setdefault(name, []).append({**(json.loads(out) if out.strip() else {}), "process_s": wall,
                                                   "wait4_rss_mib": rss})
-    summary: dict = {"video": f"{args.video.name} resized to {SIZE[0]}x{SIZE[1]}, {video_frames} frames, looped",
+                if truth is not None and name in outputs:
+                    rows[name][-1]["truth"] = true_faces(truth, outputs[name]())
+    name = f"{args.video.name} resized to {SIZE[0]}x{SIZE[1]}" if args.video else "the multi-face scene clip"
+    summary: dict = {"video": f"{name}, {video_frames} frames, looped",
                      "frames": args.frames, "warmup": args.warmup, "rounds": args.rounds}
     for name in ("ferlite", "fer", every, "fer_keras"):
         runs = rows[name]
@@ -214,8 +255,10 @@ def speed(args, video: Path, video_frames: int) -> dict:
     summary["ferlite_stages_ms"] = {stage: {"median": med(rows["ferlite"], "stages_ms", stage, "median"),
                                             "p95": med(rows["ferlite"], "stages_ms", stage, "p95")}
                                     for stage, row in rows["ferlite"][0]["stages_ms"].items() if row}
-    for name in ("ferlite_run_one_pass", "fer_one_pass", "ferlite_run_one_frame"):
+    for name in ("ferlite_run_one_pass", f"{every}_run_one_pass", "fer_one_pass", "ferlite_run_one_frame"):
         summary[name] = {"process_s": med(rows[name], "process_s"), "peak_rss_mib": med(rows[name], "wait4_rss_mib")}
+        if "truth" in rows[name][-1]:
+            summary[name]["truth"] = rows[name][-1]["truth"]
     return {"summary": summary, "rounds": rows}
 
 
@@ -254,7 +297,8 @@ def runtimes(args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, default=ROOT / "ferlite" / "models" / "emotion-cnn.ferlite")
-    parser.add_argument("--video", type=Path, default=VIDEO)
+    parser.add_argument("--video", type=Path, help="another video, resized to 640x360 (default: the annotated "
+                        "multi-face clip of benchmarks/scenes.py)")
     parser.add_argument("--data", type=Path, default=PUBLIC_TEST)
     parser.add_argument("--ferlite-python", type=Path, default=Path(sys.executable))
     parser.add_argument("--fer-python", type=Path, default=FER_PYTHON)
@@ -271,9 +315,11 @@ def main() -> None:
     parser.add_argument("--worker-fer-accuracy", metavar="NPZ", help=argparse.SUPPRESS)
     parser.add_argument("--no-loop", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--fer-keras", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--boxes", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker_fer_speed:
-        print(json.dumps(fer_speed(args.worker_fer_speed, args.frames, args.warmup, not args.no_loop, args.fer_keras)))
+        print(json.dumps(fer_speed(args.worker_fer_speed, args.frames, args.warmup, not args.no_loop, args.fer_keras,
+                                   args.boxes)))
         return
     if args.worker_fer_accuracy:
         print(json.dumps(fer_accuracy(args.worker_fer_accuracy)))
@@ -282,8 +328,15 @@ def main() -> None:
     report: dict = {"bundle": str(args.bundle), "command": " ".join(sys.argv)}
     if "speed" in parts:
         with tempfile.TemporaryDirectory(prefix="ferlite-video-") as tmp:
-            video = Path(tmp) / "head_pose_640x360.avi"
-            report["speed"] = speed(args, video, make_video(args.video, video, SIZE))
+            if args.video:
+                video = Path(tmp) / f"{args.video.stem}_640x360.avi"
+                report["speed"] = speed(args, video, make_video(args.video, video, SIZE), None)
+            else:
+                from scenes import make_scene_clip
+
+                video = Path(tmp) / "scene_640x360.avi"
+                truth = make_scene_clip(video)
+                report["speed"] = speed(args, video, len(truth), truth)
     if "accuracy" in parts:
         report["accuracy"] = accuracy(args)
     if "runtimes" in parts:

@@ -15,7 +15,7 @@ import tempfile
 from contextlib import closing
 from pathlib import Path
 
-from ferlite.device.detectors import iou
+from ferlite.device.detectors.base import iou
 
 
 def boxes_per_frame(video: Path, every: int, db: Path) -> tuple[int, dict[int, list[tuple]]]:

@@ -12,9 +12,10 @@ import numpy as np
 
 import ferlite
 from ferlite.bundle import Manifest, TensorSpec, write_bundle
+from ferlite.calibration import calibration_figures
 from ferlite.datasets import load_dataset
 from ferlite.errors import FerliteError, ModelError
-from ferlite.preprocess import PreprocessSpec
+from ferlite.preprocess import FER2013_FRAMING, PreprocessSpec
 
 from .keras_model import keras_probs, load_keras, model_labels
 from .quantize import calibration_split, quantize_keras
@@ -73,7 +74,7 @@ def _plan(model, model_path: Path, margin: float, landmarks: str | None) -> tupl
     input shape and its run folder. A landmark model's standardize layer moves into the recipe."""
     shape = model.input_shape
     if len(shape) == 4 and shape[1] == shape[2] and shape[3] == 1:
-        return model, "cnn", PreprocessSpec(size=int(shape[1]), margin=margin).to_dict(), {}
+        return model, "cnn", PreprocessSpec(size=int(shape[1]), margin=margin, framing=FER2013_FRAMING).to_dict(), {}
     if len(shape) == 2:
         from ferlite.features import RECIPES, recipe_size
         from ferlite.landmarks import LandmarkSpec, landmarker
@@ -132,16 +133,18 @@ def convert_model(model_path: str | Path, calibration: str, out: str | Path, *, 
 
     tflite = quantize_keras(model, calib_x, per_tensor=per_tensor)
     manifest = _manifest(tflite, kind, labels, preprocess, {**options, "tta_flip": tta_flip})
-    figures = compare(evaluation.labels, keras_probs(model, eval_x),
-                      _int8_probs(tflite, manifest, eval_x, False), labels)
+    int8 = _int8_probs(tflite, manifest, eval_x, False)
+    figures = compare(evaluation.labels, keras_probs(model, eval_x), int8, labels)
     figures.update(data=evaluation.source if eval_data else f"{calibration} (not calibration faces)",
                    samples=len(evaluation), calibration={"data": calibration, "samples": len(calib_x)},
                    quantization="per-tensor" if per_tensor else "per-channel")
     if kind == "landmark-svm":
         figures["landmark_failures"] = int((~np.isfinite(eval_x).all(axis=1)).sum())
     if tta_flip:
-        figures["tta_flip"] = compare(evaluation.labels, keras_probs(model, eval_x, True),
-                                      _int8_probs(tflite, manifest, eval_x, True), labels)
+        int8 = _int8_probs(tflite, manifest, eval_x, True)
+        figures["tta_flip"] = compare(evaluation.labels, keras_probs(model, eval_x, True), int8, labels)
+    figures["temperature"] = calibration_figures(evaluation.labels, int8)
+    manifest.options["temperature"] = figures["temperature"]["temperature"]
     manifest.metrics = figures
     manifest.provenance = provenance(model_path, command)
     failure = gate_failure(figures["tta_flip"] if tta_flip else figures, gate)

@@ -222,8 +222,8 @@ def real_faces(cfg: RunConfig, bundle: Bundle) -> np.ndarray:
     from ferlite.inputs import face_inputs
     from ferlite.preprocess import to_gray
 
-    detector = make_detector(chosen_detector(bundle.manifest, cfg.detector), width=cfg.detect_width,
-                             min_face=cfg.min_face, blazeface_model=cfg.blazeface_model, threads=cfg.threads)
+    detector = make_detector(chosen_detector(bundle.manifest.options, cfg.detector), cfg.detect_width, cfg.min_face,
+                             cfg.threads)
     source = open_source(str(cfg.source))
     found = []
     try:
@@ -234,9 +234,9 @@ def real_faces(cfg: RunConfig, bundle: Bundle) -> np.ndarray:
                 continue
             if frame is None:
                 break
-            boxes = detector.detect(frame.image)
-            if boxes:
-                found.append(face_inputs(bundle.manifest, to_gray(frame.image), boxes))
+            faces = detector.detect(frame.image)
+            if faces:
+                found.append(face_inputs(bundle.manifest, to_gray(frame.image), faces, detector.name))
     finally:
         source.close()
     if not found:

@@ -39,13 +39,15 @@ def utc_minute(t: float) -> str:
 
 @dataclass
 class Result:
-    """One tracked face in one frame, as logged."""
+    """One tracked face in one frame, as logged: always the model's top label and its probability;
+    `uncertain` flags a top probability under the run's threshold."""
 
     track: int
     box: Box
     label: str
     confidence: float
     probs: dict[str, float]
+    uncertain: bool = False
 
 
 @dataclass
@@ -118,7 +120,8 @@ class _BatchedLog:
             stamp = utc(t)
             self._pending.detections.extend(
                 (self.run_id, stamp, frame, r.track, *map(int, r.box), r.label, round(float(r.confidence), 4),
-                 json.dumps({k: round(float(v), 4) for k, v in r.probs.items()})) for r in results)
+                 int(r.uncertain), json.dumps({k: round(float(v), 4) for k, v in r.probs.items()}))
+                for r in results)
         self._maybe_commit()
 
     def skip(self) -> None:
@@ -158,12 +161,20 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS detections (
     id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL REFERENCES runs(id), time_utc TEXT NOT NULL,
     frame INTEGER NOT NULL, track INTEGER NOT NULL, x INTEGER, y INTEGER, w INTEGER, h INTEGER,
-    label TEXT NOT NULL, confidence REAL NOT NULL, probs TEXT NOT NULL);
+    label TEXT NOT NULL, confidence REAL NOT NULL, uncertain INTEGER NOT NULL DEFAULT 0, probs TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS detections_time ON detections(time_utc);
 CREATE TABLE IF NOT EXISTS counts (
     run_id INTEGER NOT NULL REFERENCES runs(id), minute_utc TEXT NOT NULL, label TEXT NOT NULL,
     detections INTEGER NOT NULL, faces INTEGER NOT NULL, PRIMARY KEY (run_id, minute_utc, label));
 """
+
+
+def _add_uncertain_column(db: sqlite3.Connection) -> None:
+    """Logs written before the `uncertain` flag get the column (0: their labels were replaced instead)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(detections)")}
+    if "uncertain" not in columns:
+        with db:
+            db.execute("ALTER TABLE detections ADD COLUMN uncertain INTEGER NOT NULL DEFAULT 0")
 
 
 class SqliteLog(_BatchedLog):
@@ -180,6 +191,7 @@ class SqliteLog(_BatchedLog):
             self.db.execute("PRAGMA journal_mode = WAL")
             self.db.execute("PRAGMA synchronous = NORMAL")
             self.db.executescript(SCHEMA)
+            _add_uncertain_column(self.db)
             with self.db:
                 self.run_id = self.db.execute(
                     "INSERT INTO runs (started_utc, bundle_sha256, labels, source, detector, config, privacy) "
@@ -194,7 +206,8 @@ class SqliteLog(_BatchedLog):
     def _store(self, pending: _Pending) -> None:
         with self.db:
             self.db.executemany("INSERT INTO detections (run_id, time_utc, frame, track, x, y, w, h, label, "
-                                "confidence, probs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", pending.detections)
+                                "confidence, uncertain, probs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                pending.detections)
             self.db.executemany(
                 "INSERT INTO counts VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, minute_utc, label) DO UPDATE SET "
                 "detections = detections + excluded.detections, faces = faces + excluded.faces",
@@ -287,8 +300,9 @@ class JsonlLog(_BatchedLog):
         self._broken = False
 
     def _store(self, pending: _Pending) -> None:
-        records = [dict(zip(("run", "time_utc", "frame", "track", "x", "y", "w", "h", "label", "confidence"), row),
-                        type="detection", probs=json.loads(row[-1])) for row in pending.detections]
+        names = ("run", "time_utc", "frame", "track", "x", "y", "w", "h", "label", "confidence")
+        records = [dict(zip(names, row), type="detection", uncertain=bool(row[-2]), probs=json.loads(row[-1]))
+                   for row in pending.detections]
         records += [{"type": "count", "run": self.run_id, "minute_utc": minute, "label": label, "detections": n,
                      "faces": faces} for (minute, label), (n, faces) in pending.counts.items()]
         self._append(records)
@@ -348,10 +362,12 @@ class SqliteReader:
         return rows
 
     def detections(self) -> Iterator[dict]:
-        for r in self.db.execute("SELECT run_id AS run, time_utc, frame, track, x, y, w, h, label, confidence, probs "
-                                 "FROM detections ORDER BY id"):
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(detections)")}
+        flag = "uncertain" if "uncertain" in columns else "0 AS uncertain"
+        for r in self.db.execute(f"SELECT run_id AS run, time_utc, frame, track, x, y, w, h, label, confidence, "
+                                 f"{flag}, probs FROM detections ORDER BY id"):
             row = dict(r)
-            row["probs"] = json.loads(row["probs"])
+            row["uncertain"], row["probs"] = bool(row["uncertain"]), json.loads(row["probs"])
             yield row
 
     def counts(self) -> Iterator[dict]:
@@ -393,6 +409,7 @@ class JsonlReader:
     def detections(self) -> Iterator[dict]:
         for record in self._records("detection"):
             record.pop("type")
+            record.setdefault("uncertain", False)
             yield record
 
     def counts(self) -> Iterator[dict]:

@@ -20,17 +20,16 @@ from typing import Protocol, TextIO
 import numpy as np
 
 from ferlite.config import RunConfig
-from ferlite.device.detectors import Detector, detect_near
+from ferlite.device.detectors.base import Detector, detect_near
 from ferlite.device.log import Result, ResultsLog
 from ferlite.device.sources import BadFrameError, CameraReadError, Frame, FrameSource
 from ferlite.device.tracker import Tracker
-from ferlite.inputs import Box, face_inputs
+from ferlite.inputs import Box, Face, face_inputs
 from ferlite.preprocess import to_gray
 from ferlite.runtime import Predictor
 
 log = logging.getLogger(__name__)
 
-UNCERTAIN = "uncertain"
 MAX_BACKOFF_S = 5.0
 STATUS_EVERY_S = 0.5
 
@@ -70,25 +69,53 @@ class NoHooks:
         """Nobody to tell."""
 
 
-def top_label(probs: np.ndarray, labels: tuple[str, ...], threshold: float) -> tuple[str, float]:
-    """The most probable label, or "uncertain" when its probability is under `threshold`."""
+def classify(track: int, box: Box, probs: np.ndarray, labels: tuple[str, ...], threshold: float) -> Result:
+    """A face's result: its most probable label and that probability, flagged uncertain under `threshold`."""
     best = int(np.argmax(probs))
     confidence = float(probs[best])
-    return (labels[best] if confidence >= threshold else UNCERTAIN), confidence
+    return Result(track, tuple(int(v) for v in box), labels[best], confidence,
+                  {k: round(float(v), 4) for k, v in zip(labels, probs)}, confidence < threshold)
 
 
-def annotate(image: np.ndarray, results: list[Result]) -> np.ndarray:
-    """A copy of a BGR image with each face's box, track id, label and confidence drawn on it."""
+BOX = (0, 200, 0)  # BGR: sure faces green, uncertain ones amber
+UNSURE = (0, 170, 255)
+
+
+def annotate(image: np.ndarray, results: list[Result], bars: bool = False) -> np.ndarray:
+    """A copy of a BGR image with each face's box and "#track label probability" drawn on a filled
+    background (readable on light and dark scenes; "?" marks an uncertain face); with `bars`, each
+    class's probability as a bar under the box."""
     import cv2
 
-    out = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image.copy()
-    thick = max(1, round(max(out.shape[:2]) / 400))
+    out = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image[..., :3].copy()
+    thick = max(1, round(max(out.shape[:2]) / 500))
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick
     for r in results:
         x, y, w, h = r.box
-        cv2.rectangle(out, (x, y), (x + w, y + h), (0, 220, 0), thick)
-        cv2.putText(out, f"#{r.track} {r.label} {r.confidence:.2f}", (x, max(12, y - 4)),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, (0, 220, 0), thick, cv2.LINE_AA)
+        colour = UNSURE if r.uncertain else BOX
+        cv2.rectangle(out, (x, y), (x + w, y + h), colour, thick)
+        text = f"#{r.track} {r.label}{'?' if r.uncertain else ''} {r.confidence:.2f}"
+        (tw, th), base = cv2.getTextSize(text, font, scale, thick)
+        top = y - th - base - 2 if y - th - base - 2 >= 0 else y + h
+        cv2.rectangle(out, (x, top), (x + tw + 4, top + th + base + 2), colour, cv2.FILLED)
+        cv2.putText(out, text, (x + 2, top + th + 1), font, scale, (0, 0, 0), thick, cv2.LINE_AA)
+        if bars:
+            _bars(out, r, (x, y + h + (th + base + 2 if top == y + h else 0) + 2), font, scale, thick)
     return out
+
+
+def _bars(out: np.ndarray, r: Result, origin: tuple[int, int], font: int, scale: float, thick: int) -> None:
+    """One row per class under a face: a black strip, the class name, a bar as long as its probability."""
+    import cv2
+
+    x, y = origin
+    row, width = round(12 * thick), round(60 * thick)
+    for i, (name, p) in enumerate(r.probs.items()):
+        top = y + i * row
+        cv2.rectangle(out, (x, top), (x + width * 2, top + row - 1), (0, 0, 0), cv2.FILLED)
+        cv2.rectangle(out, (x + width, top + 2), (x + width + round(width * p), top + row - 3),
+                      UNSURE if r.uncertain else BOX, cv2.FILLED)
+        cv2.putText(out, name[:8], (x + 2, top + row - 3), font, scale * 0.85, (255, 255, 255), 1, cv2.LINE_AA)
 
 
 def has_display() -> bool:
@@ -187,19 +214,20 @@ class Pipeline:
         self.results.skip()
         log.warning("skipped: %s", why)
 
-    def find_faces(self, image: np.ndarray) -> list[Box]:
+    def find_faces(self, image: np.ndarray) -> list[Face]:
         """The frame's faces: the whole frame every `detect_every` frames, and whenever nobody is tracked
         or the frames are separate photos; otherwise windows around the tracked faces, and the whole
-        frame again when a tracked face is not found in its window (a face joining the tracked ones
-        waits for the next full detection)."""
+        frame again when fewer faces are found than were seen in the last frame (a face joining the
+        tracked ones waits for the next full detection)."""
         if self.source.stills or not self.tracker.tracks or self.stats.frames % self.cfg.detect_every == 0:
             return self.detector.detect(image)
         near = detect_near(self.detector, image, self.tracker.boxes())
-        return near if len(near) >= len(self.tracker.tracks) else self.detector.detect(image)
+        seen = sum(t.missed == 0 for t in self.tracker.tracks)
+        return near if len(near) >= seen else self.detector.detect(image)
 
-    def inputs(self, gray: np.ndarray, boxes: list[Box]) -> np.ndarray:
+    def inputs(self, gray: np.ndarray, faces: list[Face]) -> np.ndarray:
         """The model inputs for this frame's faces; a method of its own so `ferlite bench` can time it."""
-        return face_inputs(self.predictor.bundle.manifest, gray, boxes)
+        return face_inputs(self.predictor.bundle.manifest, gray, faces, self.detector.name)
 
     def _process(self, frame: Frame) -> bool:
         import cv2
@@ -210,16 +238,15 @@ class Pipeline:
             return False
         try:
             gray = to_gray(image)
-            boxes = self.find_faces(image)
-            probs = self.predictor.predict(self.inputs(gray, boxes))
+            faces = self.find_faces(image)
+            probs = self.predictor.predict(self.inputs(gray, faces))
         except cv2.error as exc:
             self._skip(f"frame {frame.number}: {str(exc).strip().splitlines()[-1]}")
             return False
         labels = self.predictor.labels
         results = []
-        for track in self.tracker.update(boxes, probs):
-            label, confidence = top_label(track.probs, labels, self.cfg.threshold)
-            results.append(Result(track.id, track.box, label, confidence, dict(zip(labels, track.probs.tolist()))))
+        for track in self.tracker.update([f.box for f in faces], probs):
+            results.append(classify(track.id, track.box, track.probs, labels, self.cfg.threshold))
         self.results.write(frame.number, frame.time, results)
         if self._save_dir:
             self._save_faces(frame, results)
@@ -237,7 +264,7 @@ class Pipeline:
         self.stats.frames += 1
         self.stats.faces = len(results)
         self.stats.detections += len(results)
-        self.stats.labels = [f"#{r.track} {r.label} {r.confidence:.2f}" for r in results]
+        self.stats.labels = [f"#{r.track} {r.label}{'?' if r.uncertain else ''} {r.confidence:.2f}" for r in results]
         if self.cfg.status and self._status.isatty() and now - self._last_status >= STATUS_EVERY_S:
             self._last_status = now
             self._status.write(f"\r\x1b[K{self.stats.fps:5.1f} fps · {self.stats.faces} face(s) · "
@@ -263,7 +290,7 @@ class Pipeline:
         import cv2
 
         try:
-            cv2.imshow("ferlite", annotate(image, results))
+            cv2.imshow("ferlite", annotate(image, results, self.cfg.bars))
             if cv2.waitKey(1) & 0xFF == ord("q"):
                 self.stop()
         except cv2.error:

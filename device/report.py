@@ -19,11 +19,12 @@ def summarize(reader: LogReader) -> list[dict]:
     """
     runs = {r["id"]: {**{k: r.get(k) for k in ("id", "started_utc", "stopped_utc", "source", "detector", "frames",
                                                "skipped", "detections", "privacy")},
-                      "tracks": 0, "by_label": Counter()} for r in reader.runs()}
+                      "tracks": 0, "uncertain": 0, "by_label": Counter()} for r in reader.runs()}
     tracks: dict[int, set[int]] = defaultdict(set)
     for d in reader.detections():
         if d["run"] in runs:
             runs[d["run"]]["by_label"][d["label"]] += 1
+            runs[d["run"]]["uncertain"] += bool(d.get("uncertain"))
             tracks[d["run"]].add(d["track"])
     for c in reader.counts():
         if c["run"] in runs:
@@ -93,30 +94,26 @@ def print_summary(runs: list[dict], as_json: bool) -> None:
     from rich.table import Table
 
     table = Table("run", "started (UTC)", "stopped", "source", "detector", "frames", "skipped", "faces", "tracks",
-                  "faces per label")
+                  "uncertain", "faces per label")
     for r in runs:
         labels = ", ".join(f"{k} {v}" for k, v in r["by_label"].items()) or "-"
         table.add_row(str(r["id"]), str(r["started_utc"])[:19].replace("T", " "),
                       str(r["stopped_utc"])[11:19] if r["stopped_utc"] else "not cleanly", Path(str(r["source"])).name,
                       str(r["detector"]), str(r["frames"]), str(r["skipped"]), str(sum(r["by_label"].values())),
-                      str(r["tracks"]), labels + (" (privacy: counts only)" if r["privacy"] else ""))
+                      str(r["tracks"]), str(r["uncertain"]),
+                      labels + (" (privacy: counts only)" if r["privacy"] else ""))
     _console().print(table)
 
 
 def predict_photo(image, detector, predictor, threshold: float) -> list[Result]:
     """Every face detected in one BGR photo, classified (face numbers stand in for track ids)."""
-    from ferlite.device.pipeline import top_label
+    from ferlite.device.pipeline import classify
     from ferlite.inputs import face_inputs
     from ferlite.preprocess import to_gray
 
-    boxes = detector.detect(image)
-    probs = predictor.predict(face_inputs(predictor.bundle.manifest, to_gray(image), boxes))
-    results = []
-    for i, (box, p) in enumerate(zip(boxes, probs), 1):
-        label, confidence = top_label(p, predictor.labels, threshold)
-        results.append(Result(i, tuple(int(v) for v in box), label, confidence,
-                              {k: round(float(v), 4) for k, v in zip(predictor.labels, p)}))
-    return results
+    faces = detector.detect(image)
+    probs = predictor.predict(face_inputs(predictor.bundle.manifest, to_gray(image), faces, detector.name))
+    return [classify(i, face.box, p, predictor.labels, threshold) for i, (face, p) in enumerate(zip(faces, probs), 1)]
 
 
 def print_predictions(records: list[dict], as_json: bool) -> None:
@@ -127,13 +124,13 @@ def print_predictions(records: list[dict], as_json: bool) -> None:
         return
     from rich.table import Table
 
-    table = Table("image", "face", "box (x, y, w, h)", "label", "confidence")
+    table = Table("image", "face", "box (x, y, w, h)", "label", "probability", "uncertain")
     for rec in records:
         if rec.get("error"):
-            table.add_row(rec["image"], "-", "-", rec["error"], "-")
+            table.add_row(rec["image"], "-", "-", rec["error"], "-", "-")
         elif not rec["faces"]:
-            table.add_row(rec["image"], "-", "-", "no face found", "-")
+            table.add_row(rec["image"], "-", "-", "no face found", "-", "-")
         for face in rec["faces"]:
             table.add_row(rec["image"], str(face["face"]), ", ".join(map(str, face["box"])), face["label"],
-                          f"{face['confidence']:.2f}")
+                          f"{face['confidence']:.2f}", "yes" if face["uncertain"] else "")
     _console().print(table)

@@ -24,9 +24,13 @@ def bundle_path(cfg: RunConfig) -> Path:
 def build(cfg: RunConfig, hooks: Hooks) -> Pipeline:
     """Every stage constructed and opened for `cfg`: what `run` runs and `ferlite bench` times."""
     cfg.validate()
+    if cfg.threads:
+        import cv2
+
+        cv2.setNumThreads(cfg.threads)  # the detector's share of the same budget
     predictor = Predictor(read_bundle(bundle_path(cfg)), cfg.threads)
-    detector = make_detector(chosen_detector(predictor.bundle.manifest, cfg.detector), width=cfg.detect_width,
-                             min_face=cfg.min_face, blazeface_model=cfg.blazeface_model, threads=cfg.threads)
+    detector = make_detector(chosen_detector(predictor.bundle.manifest.options, cfg.detector), cfg.detect_width,
+                             cfg.min_face, cfg.threads)
     size = (cfg.width, cfg.height) if cfg.width and cfg.height else None
     source = open_camera(size, cfg.max_fps) if cfg.camera else open_source(str(cfg.source), size, cfg.max_fps)
     try:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ferlite.device.detectors import iou
+from ferlite.device.detectors.base import iou
 from ferlite.inputs import Box
 
 

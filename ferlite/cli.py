@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from ferlite.config import RunConfig
+from ferlite.device.detectors import HELP as DETECTOR_HELP
 from ferlite.errors import ConfigError, FerliteError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -19,6 +20,10 @@ train_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Train
 app.add_typer(train_app, name="train")
 log_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Read a results log: summary, export, plot.")
 app.add_typer(log_app, name="log")
+
+
+DETECT_WIDTH_HELP = "Width frames are shrunk to before face detection (never enlarged), for every detector."
+MIN_FACE_HELP = "Smallest face reported, in frame pixels (box width), for every detector."
 
 
 def _command_line() -> str:
@@ -167,6 +172,26 @@ def convert_cmd(
         typer.echo(f"warning: {result.failure}; bundle written because of --force", err=True)
 
 
+@app.command("calibrate")
+def calibrate_cmd(
+    data: Annotated[str, typer.Option(help="Held labelled faces to fit the temperature on (not training faces).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Bundle to write (may be the input bundle).")],
+    bundle: Annotated[Path | None, typer.Argument(help="CNN bundle (default: the shipped CNN).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Fit a bundle's probability temperature on held faces (and add FER2013's framing if it lacks it)."""
+    from ferlite.console import emit_json
+    from ferlite.convert.calibrate import calibrate_bundle
+
+    _, figures = calibrate_bundle(_bundle_path(bundle), data, out)
+    if json_out:
+        emit_json(figures)
+        return
+    typer.echo(f"temperature {figures['temperature']} on {figures['faces']} faces: ECE {figures['ece_before']:.3f} "
+               f"-> {figures['ece_after']:.3f}")
+    typer.echo(f"wrote {out}", err=True)
+
+
 @app.command("info")
 def info_cmd(
     bundle: Annotated[Path | None, typer.Argument(help="Bundle (default: the shipped CNN).")] = None,
@@ -196,13 +221,20 @@ def eval_cmd(
     plot: Annotated[Path | None, typer.Option(help="Write the confusion matrix as PNG.")] = None,
     tta_flip: Annotated[bool | None, typer.Option("--tta-flip/--no-tta-flip", help="Override the bundle's "
                                                      "flip averaging.")] = None,
-    threads: Annotated[int | None, typer.Option(help="Interpreter threads.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Interpreter and OpenCV threads.")] = None,
     ferplus: Annotated[bool, typer.Option("--ferplus", help="Score against the FER+ majority vote instead of the "
                                           "dataset's labels (FER2013 data with row numbers).")] = False,
     ferplus_csv: Annotated[str | None, typer.Option(help="fer2013new.csv (default: beside --data).")] = None,
     detector: Annotated[str | None, typer.Option(help="Treat the images as photos: find the largest face with "
-                                                 "this detector (haar, dlib, blazeface) and crop it as the "
-                                                 "device does; images without a face are counted.")] = None,
+                                                 "this detector and frame it as the device does; images "
+                                                 "without a face are counted.")] = None,
+    align: Annotated[bool | None, typer.Option("--align/--no-align", help="With --detector: override the "
+                                               "bundle's alignment on landmarks.")] = None,
+    temperature: Annotated[bool, typer.Option("--temperature/--no-temperature", help="Calibrate probabilities "
+                                              "with the bundle's temperature (off: as the model gives them; "
+                                              "accuracy is the same, ECE is not).")] = True,
+    detect_width: Annotated[int, typer.Option(help="With --detector: " + DETECT_WIDTH_HELP)] = 640,
+    min_face: Annotated[int, typer.Option(help="With --detector: " + MIN_FACE_HELP)] = 24,
 ) -> None:
     """Accuracy, macro-F1, top-2, per-class P/R/F1 and confusion matrix on labelled faces."""
     from ferlite.console import print_metrics
@@ -218,7 +250,8 @@ def eval_cmd(
         metrics, details = evaluate_keras(path, data, bool(tta_flip), truth)
     else:
         metrics, details = evaluate_bundle(path, data, threads=threads, tta_flip=tta_flip, truth=truth,
-                                           detector=detector)
+                                           detector=detector, detect_width=detect_width, min_face=min_face,
+                                           align=align, calibrated=temperature)
     if plot is not None:
         from ferlite.plots import confusion_png
 
@@ -249,18 +282,16 @@ def run_cmd(
     source: Annotated[str | None, typer.Option(help="Camera index, /dev/videoN, video file, image or folder "
                                                     "of images.")] = None,
     bundle: Annotated[Path | None, typer.Option(help="Bundle (default: the shipped CNN).")] = None,
-    detector: Annotated[str | None, typer.Option(help="Face detector: haar, dlib (HOG) or blazeface (default: the "
-                                                      "bundle's, else haar).")] = None,
-    blazeface_model: Annotated[str | None, typer.Option(help="face_detection_short_range.tflite (default: "
-                                                             "from an installed mediapipe).")] = None,
+    detector: Annotated[str | None, typer.Option(help=DETECTOR_HELP)] = None,
     detect_every: Annotated[int, typer.Option(help="Search whole frames every N frames; in between only near "
                                                    "tracked faces.")] = _RUN.detect_every,
-    detect_width: Annotated[int, typer.Option(help="Haar: frame width detection runs at.")] = _RUN.detect_width,
-    min_face: Annotated[int, typer.Option(help="Smallest face to detect, in frame pixels.")] = _RUN.min_face,
+    detect_width: Annotated[int, typer.Option(help=DETECT_WIDTH_HELP)] = _RUN.detect_width,
+    min_face: Annotated[int, typer.Option(help=MIN_FACE_HELP)] = _RUN.min_face,
     resolution: Annotated[str | None, typer.Option(help="Camera resolution WIDTHxHEIGHT, e.g. 640x480.")] = None,
     max_fps: Annotated[float, typer.Option(help="Frame-rate cap (0: as fast as frames come).")] = _RUN.max_fps,
-    threads: Annotated[int | None, typer.Option(help="Interpreter threads.")] = None,
-    threshold: Annotated[float, typer.Option(help="Below this top probability the label is 'uncertain'.")]
+    threads: Annotated[int | None, typer.Option(help="Interpreter and OpenCV threads.")] = None,
+    threshold: Annotated[float, typer.Option(help="Below this top probability a face is flagged uncertain "
+                                                  "(its label is kept).")]
     = _RUN.threshold,
     smoothing: Annotated[float, typer.Option(help="Weight of the newest frame in each face's smoothed "
                                                   "probabilities (1: none).")] = _RUN.smoothing,
@@ -277,6 +308,7 @@ def run_cmd(
     save_faces: Annotated[str | None, typer.Option(help="Write each logged face crop as PNG here (the only "
                                                         "way face pixels reach the disk).")] = None,
     preview: Annotated[bool, typer.Option(help="Show a window with boxes and labels (needs a display).")] = False,
+    bars: Annotated[bool, typer.Option("--bars", help="Preview: draw each face's probabilities as bars.")] = False,
     status: Annotated[bool, typer.Option(help="Live status line on a terminal.")] = True,
     max_frames: Annotated[int, typer.Option(help="Stop after this many frames (0: no limit).")] = 0,
 ) -> None:
@@ -306,13 +338,15 @@ def predict_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
     annotate: Annotated[Path | None, typer.Option(help="Write each photo with boxes and labels drawn "
                                                        "into this folder.")] = None,
-    detector: Annotated[str | None, typer.Option(help="Face detector: haar, dlib (HOG) or blazeface (default: the "
-                                                      "bundle's, else haar).")] = None,
-    min_face: Annotated[int, typer.Option(help="Smallest face to detect, in pixels.")] = _RUN.min_face,
-    detect_width: Annotated[int, typer.Option(help="Haar: photo width detection runs at.")] = 640,
-    threshold: Annotated[float, typer.Option(help="Below this top probability the label is 'uncertain'.")]
+    bars: Annotated[bool, typer.Option("--bars", help="--annotate: draw each face's probabilities as "
+                                                      "bars.")] = False,
+    detector: Annotated[str | None, typer.Option(help=DETECTOR_HELP)] = None,
+    min_face: Annotated[int, typer.Option(help=MIN_FACE_HELP)] = _RUN.min_face,
+    detect_width: Annotated[int, typer.Option(help=DETECT_WIDTH_HELP)] = _RUN.detect_width,
+    threshold: Annotated[float, typer.Option(help="Below this top probability a face is flagged uncertain "
+                                                  "(its label is kept).")]
     = _RUN.threshold,
-    threads: Annotated[int | None, typer.Option(help="Interpreter threads.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Interpreter and OpenCV threads.")] = None,
 ) -> None:
     """Classify the faces in photos: a table, or JSON with one result per detected face."""
     import cv2
@@ -328,8 +362,8 @@ def predict_cmd(
     if missing:
         raise SourceError(f"no such image: {', '.join(missing)}")
     predictor = Predictor(read_bundle(_bundle_path(bundle)), threads)
-    found = make_detector(chosen_detector(predictor.bundle.manifest, detector), width=detect_width,
-                          min_face=min_face, threads=threads)
+    found = make_detector(chosen_detector(predictor.bundle.manifest.options, detector), detect_width, min_face,
+                          threads)
     records = []
     for path in images:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -338,11 +372,14 @@ def predict_cmd(
             continue
         results = predict_photo(image, found, predictor, threshold)
         records.append({"image": str(path), "faces": [{"face": r.track, "box": list(r.box), "label": r.label,
-                                                       "confidence": round(r.confidence, 4), "probs": r.probs}
+                                                       "confidence": round(r.confidence, 4),
+                                                       "uncertain": r.uncertain, "probs": r.probs}
                                                       for r in results]})
         if annotate is not None:
             annotate.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(annotate / f"{path.stem}.annotated.png"), draw(image, results))
+            written = annotate / f"{path.stem}.annotated.png"
+            cv2.imwrite(str(written), draw(image, results, bars))
+            typer.echo(f"wrote {written}", err=True)
     print_predictions(records, json_out)
     if any(rec.get("error") for rec in records):
         raise SystemExit(1)
@@ -353,9 +390,8 @@ def bench_cmd(
     bundle: Annotated[Path | None, typer.Option(help="Bundle (default: the shipped CNN).")] = None,
     source: Annotated[str | None, typer.Option(help="Video, image or folder of images, looped as needed "
                                                     "(default: the test clip tests/fixtures/clip.avi).")] = None,
-    detector: Annotated[str | None, typer.Option(help="Face detector: haar, dlib (HOG) or blazeface (default: the "
-                                                      "bundle's, else haar).")] = None,
-    threads: Annotated[int | None, typer.Option(help="Interpreter threads.")] = None,
+    detector: Annotated[str | None, typer.Option(help=DETECTOR_HELP)] = None,
+    threads: Annotated[int | None, typer.Option(help="Interpreter and OpenCV threads.")] = None,
     detect_every: Annotated[int, typer.Option(help="Search whole frames every N frames; in between only near "
                                                    "tracked faces.")] = _RUN.detect_every,
     frames: Annotated[int, typer.Option(help="Frames (model-only: calls) measured after the warm-up.")] = 300,

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from ferlite.errors import ConfigError
 
-DETECTORS = ("haar", "dlib", "blazeface")
 LOG_FORMATS = ("sqlite", "jsonl")
 
 
@@ -27,10 +26,9 @@ class RunConfig:
     height: int | None = None
     max_fps: float = 0.0
     detector: str | None = None
-    blazeface_model: str | None = None
     detect_every: int = 5
-    detect_width: int = 320
-    min_face: int = 40
+    detect_width: int = 480
+    min_face: int = 24
     threads: int | None = None
     threshold: float = 0.4
     smoothing: float = 0.5
@@ -43,6 +41,7 @@ class RunConfig:
     retention_mb: float = 512.0
     save_faces: str | None = None
     preview: bool = False
+    bars: bool = False
     status: bool = True
     max_frames: int = 0
 
@@ -60,8 +59,6 @@ class RunConfig:
         if self.camera == (self.source is not None):
             raise ConfigError("give exactly one of --camera or --source")
         checks = [
-            (self.detector in (None, *DETECTORS), f"unknown detector {self.detector!r} "
-                                                  f"(choose {', '.join(DETECTORS)})"),
             (self.log_format in LOG_FORMATS, f"unknown log format {self.log_format!r} "
                                              f"(choose {', '.join(LOG_FORMATS)})"),
             ((self.width is None) == (self.height is None), "give both width and height of the resolution"),

@@ -77,10 +77,12 @@ def print_metrics(metrics: Metrics, details: dict, as_json: bool) -> None:
     from rich.table import Table
 
     con = _console()
-    con.print(f"[bold]{details['model']}[/] on {details['data']}, {details['truth']} ({details['runtime']}"
-              f"{', flip-TTA' if details['tta_flip'] else ''})")
+    modes = [details["runtime"]] + ["flip-TTA"] * bool(details["tta_flip"])
+    if details.get("temperature", 1.0) != 1.0:
+        modes.append(f"temperature {details['temperature']}")
+    con.print(f"[bold]{details['model']}[/] on {details['data']}, {details['truth']} ({', '.join(modes)})")
     con.print(f"accuracy {metrics.accuracy:.2%} · top-2 {metrics.top2:.2%} · macro-F1 {metrics.macro_f1:.3f} · "
-              f"{metrics.samples} faces")
+              f"ECE {metrics.ece:.3f} · {metrics.samples} faces")
     if "detector" in details:
         con.print(f"{details['detector']} found a face in {details['images'] - details['no_face']} of "
                   f"{details['images']} images; the others are not scored")

@@ -8,12 +8,25 @@ ferlite.runtime.predict_features), so every box keeps its result and nothing cra
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ferlite.bundle import Manifest
 from ferlite.preprocess import PreprocessSpec, crop_face, fit_images
 
 Box = tuple[int, int, int, int]
+
+
+@dataclass
+class Face:
+    """One face a detector found: its box (x, y, w, h), and where the detector gives them five
+    landmarks (5, 2) in the same pixels: right eye, left eye, nose tip, right and left mouth corner
+    (the person's right, on the image's left)."""
+
+    box: Box
+    landmarks: np.ndarray | None = None
+    score: float = 1.0
 
 
 def _landmarker(preprocess: dict, path: str | None = None):
@@ -48,15 +61,15 @@ def dataset_landmarks(preprocess: dict, images: np.ndarray, landmarks: str | Non
     return [fitter.fit_image(img) for img in track(images, description="landmarks", transient=True)]
 
 
-def face_inputs(manifest: Manifest, gray: np.ndarray, boxes: list[Box]) -> np.ndarray:
-    """Inputs for each detected face box (x, y, w, h) in a grayscale frame."""
+def face_inputs(manifest: Manifest, gray: np.ndarray, faces: list[Face], detector: str) -> np.ndarray:
+    """Inputs for each face found by `detector` in a grayscale frame, framed by that detector's recipe."""
     if manifest.kind == "cnn":
         spec = PreprocessSpec.from_dict(manifest.preprocess)
-        if not boxes:
+        if not faces:
             return np.zeros((0, spec.size, spec.size), np.uint8)
-        return np.stack([crop_face(gray, box, spec) for box in boxes])
+        return np.stack([crop_face(gray, f.box, f.landmarks, spec, detector) for f in faces])
     fitter = _landmarker(manifest.preprocess)
-    return landmark_inputs(manifest.preprocess, [gray] * len(boxes), [fitter.fit(gray, box) for box in boxes])
+    return landmark_inputs(manifest.preprocess, [gray] * len(faces), [fitter.fit(gray, f.box) for f in faces])
 
 
 def dataset_inputs(manifest: Manifest, images: np.ndarray) -> np.ndarray:

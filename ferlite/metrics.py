@@ -26,13 +26,16 @@ class Metrics:
     macro_f1: float
     per_class: list[ClassMetrics]
     confusion: list[list[int]]
+    ece: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def compute_metrics(y_true: np.ndarray, probs: np.ndarray, names: tuple[str, ...]) -> Metrics:
-    """Accuracy, top-2, macro-F1, per-class P/R/F1 and the confusion matrix."""
+    """Accuracy, top-2, macro-F1, per-class P/R/F1, the confusion matrix and the calibration error (ECE)."""
+    from ferlite.calibration import expected_calibration_error
+
     k = len(names)
     pred = probs.argmax(axis=1)
     cm = np.bincount(y_true * k + pred, minlength=k * k).reshape(k, k)
@@ -50,13 +53,15 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray, names: tuple[str, ...
         per_class=[ClassMetrics(n, float(p), float(r), float(f), int(s))
                    for n, p, r, f, s in zip(names, precision, recall, f1, cm.sum(axis=1))],
         confusion=cm.tolist(),
+        ece=expected_calibration_error(y_true, probs),
     )
 
 
 def metrics_table(m: Metrics) -> str:
     """Markdown table of per-class precision/recall/F1, with the summary figures above it."""
     lines = [
-        f"accuracy {m.accuracy:.2%} · top-2 {m.top2:.2%} · macro-F1 {m.macro_f1:.3f} · {m.samples} samples",
+        f"accuracy {m.accuracy:.2%} · top-2 {m.top2:.2%} · macro-F1 {m.macro_f1:.3f} · ECE {m.ece:.3f} · "
+        f"{m.samples} samples",
         "",
         "| class | precision | recall | F1 | support |",
         "|---|---:|---:|---:|---:|",

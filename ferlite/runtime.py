@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ferlite.bundle import Bundle
+from ferlite.calibration import apply_temperature
 from ferlite.errors import BundleError, RuntimeMissingError
 from ferlite.preprocess import quantize
 
@@ -65,10 +66,11 @@ class Predictor:
 
     All faces of a frame go through the interpreter in one call; the input tensor is resized only
     when the batch size changes. With the manifest option `tta_flip`, each face is averaged with its
-    mirror image.
+    mirror image; with `temperature` (fitted at conversion), probabilities are calibrated by it.
     """
 
-    def __init__(self, bundle: Bundle, threads: int | None = None, tta_flip: bool | None = None) -> None:
+    def __init__(self, bundle: Bundle, threads: int | None = None, tta_flip: bool | None = None,
+                 calibrated: bool = True) -> None:
         self.bundle = bundle
         self.labels = tuple(bundle.manifest.labels)
         self.interpreter, self.runtime = load_interpreter(bundle.model, threads)
@@ -78,6 +80,7 @@ class Predictor:
         if outputs != len(self.labels):
             raise BundleError(f"{bundle.path}: manifest names {len(self.labels)} labels, model outputs {outputs}")
         self.tta_flip = bool(bundle.manifest.options.get("tta_flip", False)) if tta_flip is None else tta_flip
+        self.temperature = float(bundle.manifest.options.get("temperature", 1.0)) if calibrated else 1.0
         self._batch = int(self.interpreter.get_input_details()[0]["shape"][0])
 
     def _invoke(self, x: np.ndarray) -> np.ndarray:
@@ -106,7 +109,7 @@ class Predictor:
             out = (out[: len(x)] + out[len(x):]) / 2
         else:
             out = self._invoke(x)
-        return out / np.maximum(out.sum(axis=1, keepdims=True), 1e-9)
+        return apply_temperature(out / np.maximum(out.sum(axis=1, keepdims=True), 1e-9), self.temperature)
 
 
 def predict_features(x: np.ndarray, predict, k: int) -> np.ndarray:

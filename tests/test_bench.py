@@ -33,7 +33,7 @@ def positive(value) -> bool:
 
 def test_pipeline_report_has_every_stage_and_positive_figures(tiny_bundle):
     report = bench_json("--bundle", tiny_bundle, "--source", CLIP, "--frames", 12, "--warmup", 3, "--threads", 1)
-    assert report["mode"] == "pipeline" and report["detector"] == "haar" and report["threads"] == 1
+    assert report["mode"] == "pipeline" and report["detector"] == "yunet" and report["threads"] == 1
     assert report["runtime"] in {name for name, _ in RUNTIMES}
     assert report["frames"] == 12 and report["warmup_frames"] == 3 and report["skipped"] == 0
     for key in ("faces", "seconds", "fps", "faces_per_s", "peak_rss_mib", "first_prediction_s"):

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from conftest import TRAIN, VAL, run_cli
 
 from ferlite.bundle import read_bundle
+from ferlite.calibration import expected_calibration_error, nll
 from ferlite.datasets import load_dataset
+from ferlite.preprocess import FER2013_FRAMING, PreprocessSpec
 from ferlite.runtime import Predictor
 
 
@@ -26,7 +29,7 @@ def test_int8_agrees_with_float_on_unseen_faces(tiny_bundle, trained_run):
     from ferlite.convert.keras_model import keras_probs, load_keras
 
     val = load_dataset(VAL)
-    int8 = Predictor(bundle).predict(val.images)
+    int8 = Predictor(bundle, calibrated=False).predict(val.images)  # the model as converted, no temperature
     flt = keras_probs(load_keras(trained_run / "model.keras"), val.images)
     flipped = int8.argmax(1) != flt.argmax(1)
     assert abs(flipped.mean() - (1 - metrics["agreement"])) < 1e-3  # the converter measured the same
@@ -45,6 +48,20 @@ def test_manifest_describes_the_model(tiny_bundle):
     assert m.provenance["training_data"].endswith("fer_mini_train.npz")
     assert m.provenance["training_command"].startswith("ferlite train cnn")
     assert set(m.metrics["per_class"]) == {"happy", "surprise", "neutral"}
+    assert PreprocessSpec.from_dict(m.preprocess).framing == FER2013_FRAMING  # the device frames as FER2013 did
+
+
+def test_conversion_fits_a_temperature_that_calibrates_the_held_faces(tiny_bundle):
+    """The temperature is fitted on the verification faces, int8 as the device runs it: their NLL
+    falls, and every prediction stays the same."""
+    bundle = read_bundle(tiny_bundle)
+    fitted = bundle.manifest.metrics["temperature"]
+    assert bundle.manifest.options["temperature"] == fitted["temperature"] != 1.0 and fitted["faces"] == 120
+    val = load_dataset(VAL).relabel(tuple(bundle.manifest.labels))
+    calibrated, raw = Predictor(bundle).predict(val.images), Predictor(bundle, calibrated=False).predict(val.images)
+    assert (calibrated.argmax(1) == raw.argmax(1)).all()
+    assert nll(val.labels, calibrated) < nll(val.labels, raw)
+    assert fitted["ece_after"] == pytest.approx(expected_calibration_error(val.labels, calibrated), abs=0.02)
 
 
 def test_no_augmentation_in_converted_graph(tiny_bundle):

@@ -1,11 +1,10 @@
-"""Device stages one at a time, on real files: sources, detectors, BlazeFace decoding, tracker, results log."""
+"""Device stages one at a time, on real files: sources, detectors, tracker, results log."""
 
 from __future__ import annotations
 
 import json
 import logging
 import sqlite3
-import sys
 import time
 from pathlib import Path
 
@@ -14,21 +13,15 @@ import numpy as np
 import pytest
 
 from ferlite.config import RunConfig
-from ferlite.device.detectors import (
-    DlibDetector,
-    HaarDetector,
-    blazeface_anchors,
-    decode_blazeface,
-    detect_near,
-    drop_nested,
-    find_blazeface_model,
-    iou,
-    nms,
-)
+from ferlite.device.detectors import DETECTORS, check_detector, make_detector
+from ferlite.device.detectors.base import detect_near, drop_nested, iou
+from ferlite.device.detectors.dlib import DlibDetector
+from ferlite.device.detectors.haar import HaarDetector
 from ferlite.device.log import JsonlLog, Result, RunInfo, SqliteLog, open_reader
 from ferlite.device.sources import BadFrameError, ImageFiles, VideoFile, open_source, pi_to_bgr
 from ferlite.device.tracker import Tracker
-from ferlite.errors import ConfigError, ModelError, SourceError
+from ferlite.errors import ConfigError, SourceError
+from ferlite.inputs import Face
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CLIP = FIXTURES / "clip.avi"
@@ -84,59 +77,54 @@ def test_picamera2_formats_become_bgr():
 
 # detectors
 
+def test_yunet_finds_the_astronaut_with_five_landmarks_and_nothing_in_a_blank_frame():
+    image = cv2.imread(str(ASTRONAUT))
+    (face,) = make_detector("yunet", 480, 24).detect(image)
+    x, y, w, h = face.box
+    assert 180 < x + w / 2 < 270 and 80 < y + h / 2 < 160 and 70 < w < 130  # her face, by eye: centre ~(224, 113)
+    right_eye, left_eye, nose, mouth_right, mouth_left = face.landmarks
+    assert right_eye[0] < nose[0] < left_eye[0] and mouth_right[0] < mouth_left[0]  # her right is the image's left
+    assert max(right_eye[1], left_eye[1]) < nose[1] < min(mouth_right[1], mouth_left[1])
+    assert all(x <= px <= x + w and y <= py <= y + h for px, py in face.landmarks) and face.score > 0.8
+    assert make_detector("yunet", 480, 24).detect(np.full((240, 320, 3), 127, np.uint8)) == []
+
+
 def test_haar_finds_the_astronaut_and_nothing_in_a_blank_frame():
     image = cv2.imread(str(ASTRONAUT))
-    boxes = HaarDetector(width=320).detect(image)
-    assert len(boxes) == 1
-    x, y, w, h = boxes[0]
-    assert 150 < x + w / 2 < 260 and 80 < y + h / 2 < 160 and 70 < w < 130  # her face, by eye: centre ~(224, 113)
-    assert HaarDetector().detect(np.full((240, 320, 3), 127, np.uint8)) == []
+    faces = HaarDetector(width=320, min_face=40).detect(image)
+    assert len(faces) == 1 and faces[0].landmarks is None
+    x, y, w, h = faces[0].box
+    assert 150 < x + w / 2 < 260 and 80 < y + h / 2 < 160 and 70 < w < 130
+    assert HaarDetector(320, 40).detect(np.full((240, 320, 3), 127, np.uint8)) == []
 
 
-def test_dlib_agrees_with_haar():
+def test_dlib_agrees_with_yunet():
     image = cv2.imread(str(ASTRONAUT))
-    haar, hog = HaarDetector(width=512).detect(image), DlibDetector().detect(image)
-    assert any(iou(haar[0], box) > 0.4 for box in hog)  # HOG also fires on the flag patch of her suit
+    (face,) = make_detector("yunet", 512, 24).detect(image)
+    assert any(iou(face.box, f.box) > 0.4 for f in DlibDetector(512, 40).detect(image))  # HOG also fires on her suit
+
+
+def test_detect_width_and_min_face_mean_the_same_for_every_detector():
+    image = cv2.imread(str(ASTRONAUT))  # 512 px wide, her face about 100 px
+    for name in DETECTORS:
+        assert len(make_detector(name, 512, 60).detect(image)) >= 1, name
+        assert make_detector(name, 512, 160).detect(image) == [], name  # her face is under 160 px
+    (small,) = make_detector("yunet", 128, 24).detect(image)  # searched at 128 px wide: her face is 25 px there
+    (full,) = make_detector("yunet", 512, 24).detect(image)
+    assert iou(small.box, full.box) > 0.7  # and the box comes back in the frame's pixels
+
+
+def test_the_registry_is_the_one_list_of_detectors():
+    assert list(DETECTORS) == ["yunet", "haar", "dlib"]
+    with pytest.raises(ConfigError, match=r"unknown detector 'blazeface' \(choose yunet, haar, dlib\)"):
+        check_detector("blazeface")
+    with pytest.raises(ConfigError, match="unknown detector"):
+        make_detector("yolo", 320, 24)
 
 
 def test_nested_boxes_are_dropped():
-    face, mouth, other = (200, 40, 93, 93), (202, 74, 86, 86), (10, 10, 50, 50)
+    face, mouth, other = Face((200, 40, 93, 93)), Face((202, 74, 86, 86)), Face((10, 10, 50, 50))
     assert drop_nested([mouth, face, other]) == [face, other]
-
-
-def test_blazeface_anchors_follow_the_short_range_layout():
-    anchors = blazeface_anchors()
-    assert anchors.shape == (896, 2)
-    assert np.allclose(anchors[0], [0.5 / 16, 0.5 / 16]) and np.allclose(anchors[1], anchors[0])
-    assert np.allclose(anchors[2], [1.5 / 16, 0.5 / 16])
-    assert np.allclose(anchors[512], [0.5 / 8, 0.5 / 8]) and np.allclose(anchors[517], anchors[512])
-    assert np.allclose(anchors[-1], [7.5 / 8, 7.5 / 8])
-
-
-def test_blazeface_decoding_and_nms():
-    anchors = blazeface_anchors()
-    raw = np.zeros((896, 16), np.float32)
-    scores = np.full(896, -10.0, np.float32)
-    # anchor 600 sits in the 8x8 grid; a face 32 px wide, shifted 4 px right of its centre
-    raw[600, :4] = [4, 0, 32, 40]
-    raw[601, :4] = [5, 1, 30, 38]  # a near duplicate from the neighbouring anchor, lower score
-    raw[100, :4] = [0, 0, 16, 16]
-    scores[[600, 601, 100]] = [3.0, 1.0, 0.0]  # sigmoid(0) = 0.5 is just kept
-    boxes, probs = decode_blazeface(raw, scores, anchors)
-    assert len(boxes) == 3
-    cx, cy = anchors[600] + np.array([4, 0]) / 128
-    best = boxes[np.argmax(probs)]
-    assert np.allclose(best, [cx - 16 / 128, cy - 20 / 128, cx + 16 / 128, cy + 20 / 128], atol=1e-6)
-    kept = nms(boxes, probs)
-    assert len(kept) == 2 and np.allclose(boxes[kept[0]], best)
-
-
-def test_blazeface_without_a_model_is_a_clear_error(tmp_path):
-    assert "mediapipe" not in sys.modules
-    with pytest.raises(ModelError, match="--blazeface-model"):
-        find_blazeface_model(None)
-    with pytest.raises(ModelError, match="no such BlazeFace model"):
-        find_blazeface_model(str(tmp_path / "face.tflite"))
 
 
 # tracker
@@ -174,6 +162,33 @@ def test_sqlite_log_commits_in_batches_with_wal(tmp_path, monkeypatch):
     row = reader.execute("SELECT time_utc, track, x, y, w, h, label, probs FROM detections WHERE frame = 1 "
                          "ORDER BY track DESC").fetchone()
     assert row[0].endswith("Z") and row[1:7] == (2, 10, 20, 30, 30, "sad") and json.loads(row[7])["happy"] == 0.8
+
+
+def test_the_uncertain_flag_is_logged_beside_the_label_and_old_logs_gain_it(tmp_path):
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)  # a log written before the flag existed
+    old.executescript("""
+        CREATE TABLE runs (id INTEGER PRIMARY KEY, started_utc TEXT NOT NULL, stopped_utc TEXT, bundle_sha256 TEXT,
+            labels TEXT, source TEXT, detector TEXT, config TEXT, privacy INTEGER NOT NULL DEFAULT 0,
+            frames INTEGER NOT NULL DEFAULT 0, skipped INTEGER NOT NULL DEFAULT 0,
+            detections INTEGER NOT NULL DEFAULT 0);
+        CREATE TABLE detections (id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL REFERENCES runs(id),
+            time_utc TEXT NOT NULL, frame INTEGER NOT NULL, track INTEGER NOT NULL, x INTEGER, y INTEGER,
+            w INTEGER, h INTEGER, label TEXT NOT NULL, confidence REAL NOT NULL, probs TEXT NOT NULL);
+        INSERT INTO runs (started_utc, labels) VALUES (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), '[]');
+        INSERT INTO detections (run_id, time_utc, frame, track, label, confidence, probs)
+            VALUES (1, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), 0, 1, 'uncertain', 0.3, '{}');""")
+    old.commit()
+    old.close()
+    for fmt, log in (("sqlite", SqliteLog(path, INFO)), ("jsonl", JsonlLog(tmp_path / "r.jsonl", INFO))):
+        unsure = Result(2, (1, 2, 3, 4), "sad", 0.31, {"happy": 0.3, "sad": 0.31, "neutral": 0.29}, uncertain=True)
+        log.write(0, time.time(), [result(1), unsure])
+        log.close()
+        rows = list(open_reader(log.path).detections())
+        got = [(r["label"], r["uncertain"]) for r in rows]
+        assert got[-2:] == [("happy", False), ("sad", True)], fmt
+    assert got == [("happy", False), ("sad", True)]
+    assert [(r["label"], r["uncertain"]) for r in open_reader(path).detections()][0] == ("uncertain", False)
 
 
 def test_retention_by_age_and_by_size(tmp_path):
@@ -276,53 +291,23 @@ def test_jsonl_rotates_to_stay_under_its_size(tmp_path):
 def test_run_config_rejects_bad_options():
     with pytest.raises(ConfigError, match="exactly one"):
         RunConfig().validate()
-    with pytest.raises(ConfigError, match="detector"):
-        RunConfig(source="x", detector="yolo").validate()
     with pytest.raises(ConfigError, match="threshold"):
         RunConfig(camera=True, threshold=2).validate()
     assert RunConfig(source="x", log_format="jsonl").validate().log_path() == "results.jsonl"
 
 
-def test_blazeface_detector_runs_a_real_tflite_model_through_the_runtime(tmp_path):
-    """A TFLite model with BlazeFace's tensors (128x128x3 in; 896x16 boxes and 896x1 scores out) whose
-    outputs are fixed by its biases: the detector must letterbox, decode, suppress and map back to pixels."""
-    from ferlite.quiet import import_keras
-
-    keras = import_keras()
-    import tensorflow as tf
-
-    anchors = blazeface_anchors()
-    raw = np.zeros((896, 16), np.float32)
-    scores = np.full(896, -10.0, np.float32)
-    raw[722, :4], raw[723, :4] = [4, 0, 32, 40], [5, 1, 30, 38]  # 8x8 grid, row 4, column 3: mid-frame
-    scores[[722, 723]] = [3.0, 1.0]
-    inp = keras.Input((128, 128, 3), batch_size=1)
-    pooled = keras.layers.GlobalAveragePooling2D()(inp)
-    outputs = [keras.layers.Reshape((896, k))(keras.layers.Dense(896 * k, kernel_initializer="zeros",
-                                                                 bias_initializer=keras.initializers.Constant(v))
-                                              (pooled)) for k, v in ((16, raw.ravel()), (1, scores))]
-    model = tmp_path / "face.tflite"
-    model.write_bytes(tf.lite.TFLiteConverter.from_keras_model(keras.Model(inp, outputs)).convert())
-
-    from ferlite.device.detectors import BlazeFaceDetector
-
-    frame = np.zeros((128, 256, 3), np.uint8)  # wide: padded 64 px above and below to a 256 square
-    (box,) = BlazeFaceDetector(str(model), min_face=10).detect(frame)
-    cx, cy = (anchors[722] + np.array([4, 0]) / 128) * 256 - [0, 64]
-    assert np.allclose(box, [cx - 32, cy - 40, 64, 80], atol=1)
-    assert BlazeFaceDetector(str(model), min_face=100).detect(frame) == []
-
-
-
-def test_detection_near_a_tracked_face_follows_it_and_finds_nothing_elsewhere():
-    source, haar = VideoFile(CLIP), HaarDetector()
+@pytest.mark.parametrize("name", ["yunet", "haar"])
+def test_detection_near_a_tracked_face_follows_it_and_finds_nothing_elsewhere(name):
+    source, detector = VideoFile(CLIP), make_detector(name, 480, 24)
     frames = []
     while (frame := source.read()) is not None:
         frames.append(frame.image)
-    tracked = haar.detect(frames[0])
+    tracked = [f.box for f in detector.detect(frames[0])]
     for image in frames[1:]:
-        near, full = detect_near(haar, image, tracked), haar.detect(image)
-        assert len(near) == 1 and iou(near[0], full[0]) > 0.6
-        tracked = near
+        near, full = detect_near(detector, image, tracked), detector.detect(image)
+        assert len(near) == 1 and iou(near[0].box, full[0].box) > 0.6
+        if near[0].landmarks is not None:
+            assert np.abs(near[0].landmarks - full[0].landmarks).max() < 0.15 * full[0].box[2]
+        tracked = [near[0].box]
     height, width = frames[0].shape[:2]
-    assert detect_near(haar, frames[0], [(0, height - 60, 60, 60), (width - 2, 0, 80, 80)]) == []
+    assert detect_near(detector, frames[0], [(0, height - 60, 60, 60), (width - 2, 0, 80, 80)]) == []

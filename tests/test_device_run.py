@@ -20,6 +20,7 @@ import pytest
 
 from ferlite.bundle import read_bundle
 from ferlite.cli import app
+from ferlite.device.detectors.base import iou
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CLIP = FIXTURES / "clip.avi"
@@ -78,14 +79,15 @@ def test_run_on_a_clip_logs_sensible_boxes_and_stable_tracks(tiny_bundle, video,
     assert result.returncode == 0, result.stderr[-2000:]
     db = tmp_path / "results.db"
     assert query(db, "PRAGMA integrity_check") == [("ok",)]
-    rows = query(db, "SELECT frame, track, x, y, w, h, label, confidence, probs FROM detections ORDER BY frame")
+    rows = query(db, "SELECT frame, track, x, y, w, h, label, confidence, uncertain, probs FROM detections "
+                     "ORDER BY frame")
     with_face = list(range(36)) + list(range(36 + GAP, 72 + GAP))
     assert [r[0] for r in rows] == with_face  # one face in every frame that has one, none in the blank ones
-    for _, _, x, y, w, h, label, confidence, probs in rows:
-        assert 200 < x + w / 2 < 300 and 50 < y + h / 2 < 130 and 70 < w < 120 and w == h  # his face: ~(248, 87)
+    for _, _, x, y, w, h, label, confidence, uncertain, probs in rows:
+        assert 200 < x + w / 2 < 300 and 50 < y + h / 2 < 130 and 60 < w < 120 and w < h  # his face: ~(248, 87)
         probs = json.loads(probs)
-        assert abs(sum(probs.values()) - 1) < 0.01 and label in [*probs, "uncertain"]
-        assert confidence == pytest.approx(max(probs.values()), abs=1e-3)
+        assert abs(sum(probs.values()) - 1) < 0.01 and label == max(probs, key=probs.get)  # the top label, always
+        assert confidence == pytest.approx(max(probs.values()), abs=1e-3) and uncertain == (confidence < 0.4)
     first, second = {r[1] for r in rows[:36]}, {r[1] for r in rows[36:]}
     assert len(first) == 1 and len(second) == 1 and first != second
     (run,) = query(db, "SELECT stopped_utc, frames, skipped, detections, bundle_sha256, labels, source, detector, "
@@ -93,9 +95,31 @@ def test_run_on_a_clip_logs_sensible_boxes_and_stable_tracks(tiny_bundle, video,
     manifest = read_bundle(tiny_bundle).manifest
     assert run[0] and run[1:4] == (72 + GAP, 0, 72)
     assert run[4] == manifest.model_sha256 and json.loads(run[5]) == manifest.labels
-    assert run[6] == str(video) and run[7] == "haar" and json.loads(run[8])["detect_every"] == 5
+    assert run[6] == str(video) and run[7] == "yunet" and json.loads(run[8])["detect_every"] == 5
     written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
     assert written == ["results.db"], written  # WAL files are merged at close; no image anywhere
+
+
+def test_several_people_are_each_found_and_tracked_with_a_readable_label(tmp_path):
+    """Six people at a table (tests/fixtures/group.avi, boxes in group.json), the default bundle and
+    detector: every person found in every frame, one track per person, each with its top label."""
+    truth = json.loads((FIXTURES / "group.json").read_text())["faces"]
+    result = ferlite("run", "--source", FIXTURES / "group.avi", "--log", "g.db", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = query(tmp_path / "g.db", "SELECT frame, track, x, y, w, h, label, uncertain, probs FROM detections")
+    track_of: dict[int, set[int]] = {}
+    for frame, faces in enumerate(truth):
+        found = [r for r in rows if r[0] == frame]
+        assert len(found) == len(faces) == 6
+        for person, box in enumerate(faces):
+            (match,) = [r for r in found if iou(tuple(box), tuple(r[2:6])) >= 0.5]
+            track_of.setdefault(person, set()).add(match[1])
+    assert all(len(ids) == 1 for ids in track_of.values()) and len(set.union(*track_of.values())) == 6
+    for *_, label, uncertain, probs in rows:
+        probs = json.loads(probs)
+        assert label == max(probs, key=probs.get) and label != "uncertain" and uncertain in (0, 1)
+    summary = json.loads(ferlite("log", "summary", "g.db", "--json", cwd=tmp_path).stdout)
+    assert summary[0]["tracks"] == 6 and "uncertain" not in summary[0]["by_label"]
 
 
 def test_save_faces_is_the_only_way_to_get_face_pixels(tiny_bundle, tmp_path):
@@ -202,9 +226,10 @@ def test_detection_near_tracks_between_full_ones_photos_searched_afresh_bad_imag
     assert abs((a[0] + a[1] / 2) + (c[0] + c[1] / 2) - 512) < 20  # each photo searched afresh: mirrored centres
 
 
-def test_blazeface_without_model_and_no_camera_are_one_line_errors(tiny_bundle, tmp_path):
+def test_an_unknown_detector_and_no_camera_are_one_line_errors(tiny_bundle, tmp_path):
     result = ferlite("run", "--source", CLIP, "--bundle", tiny_bundle, "--detector", "blazeface", cwd=tmp_path)
-    assert result.returncode == 2 and result.stderr.startswith("error: blazeface needs")
+    assert result.returncode == 2
+    assert result.stderr == "error: unknown detector 'blazeface' (choose yunet, haar, dlib)\n"
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "results.db").exists()
 
 
@@ -223,9 +248,11 @@ def test_predict_gives_one_result_per_face(tiny_bundle, tmp_path):
     assert xs[0] < 512 < xs[1]  # one face on each half
     face = one_face["faces"][0]
     assert abs(face["box"][0] - 177) < 15 and abs(face["box"][1] - 66) < 15  # as in the detector test
-    assert face["label"] in [*face["probs"], "uncertain"] and abs(sum(face["probs"].values()) - 1) < 0.01
+    assert face["label"] == max(face["probs"], key=face["probs"].get) and abs(sum(face["probs"].values()) - 1) < 0.01
+    assert face["uncertain"] == (face["confidence"] < 0.4)
     drawn = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert drawn == ["astronaut.annotated.png", "two.annotated.png"]
+    assert all(f"wrote {tmp_path / 'out' / name}" in result.stderr for name in drawn)
     assert cv2.imread(str(tmp_path / "out" / "two.annotated.png")).shape == two.shape
     missing = ferlite("predict", tmp_path / "nope.jpg", "--bundle", tiny_bundle, cwd=tmp_path)
     assert missing.returncode == 2 and missing.stderr == f"error: no such image: {tmp_path / 'nope.jpg'}\n"
@@ -247,7 +274,7 @@ def test_log_summary_export_plot_for_both_formats_and_privacy(tiny_bundle, tmp_p
         if extra:
             assert lines[0] == "run,minute_utc,label,detections,faces" and "x" not in lines[0].split(",")
         else:
-            assert len(lines) == 13 and lines[0].startswith("run,time_utc,frame,track,x,y,w,h,label,confidence,p_")
+            assert len(lines) == 13 and lines[0].startswith("run,time_utc,frame,track,x,y,w,h,label,confidence,uncertain,p_")
         plot = ferlite("log", "plot", log, "--out", tmp_path / f"{log.name}.png", cwd=tmp_path)
         assert plot.returncode == 0, plot.stderr
         assert cv2.imread(str(tmp_path / f"{log.name}.png")).shape[1] > 500

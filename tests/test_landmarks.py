@@ -159,16 +159,16 @@ def test_failed_landmarks_give_uniform_probabilities(svm_bundle):
     import cv2
 
     from ferlite.bundle import read_bundle
-    from ferlite.inputs import face_inputs
+    from ferlite.inputs import Face, face_inputs
     from ferlite.runtime import Predictor
 
     predictor = Predictor(read_bundle(svm_bundle))
     gray = cv2.imread(str(PHOTO), cv2.IMREAD_GRAYSCALE)
-    x = face_inputs(predictor.bundle.manifest, gray, [(170, 60, 140, 140), (900, 900, 50, 50)])
+    x = face_inputs(predictor.bundle.manifest, gray, [Face((170, 60, 140, 140)), Face((900, 900, 50, 50))], "dlib")
     probs = predictor.predict(x)
     assert probs.shape == (2, 7) and np.isfinite(x[0]).all() and np.isnan(x[1]).all()
     assert np.allclose(probs[1], 1 / 7) and not np.allclose(probs[0], 1 / 7)
-    assert predictor.predict(face_inputs(predictor.bundle.manifest, gray, [])).shape == (0, 7)
+    assert predictor.predict(face_inputs(predictor.bundle.manifest, gray, [], "dlib")).shape == (0, 7)
 
 
 @pytest.mark.parametrize("which", ["trained", "shipped"])
@@ -176,10 +176,12 @@ def test_predict_photo_one_result_per_face(which, svm_bundle):
     """`ferlite predict` gives one result per box the detector finds; her smiling face reads happy."""
     import cv2
 
+    from ferlite.config import RunConfig
     from ferlite.device.detectors import make_detector
     from ferlite.models import DEFAULT_LANDMARK_SVM
 
-    boxes = make_detector("dlib").detect(cv2.imread(str(PHOTO)))
+    defaults = RunConfig()
+    boxes = make_detector("dlib", defaults.detect_width, defaults.min_face).detect(cv2.imread(str(PHOTO)))
     bundle = svm_bundle if which == "trained" else DEFAULT_LANDMARK_SVM
     result = run_cli("predict", PHOTO, "--bundle", bundle, "--detector", "dlib", "--json")
     assert result.returncode == 0, result.stderr[-2000:]

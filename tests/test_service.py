@@ -82,7 +82,7 @@ def test_config_precedence_flag_over_file_over_default(tmp_path):
     assert cfg.threshold == 0.3  # flag beats file
     assert cfg.detector == "dlib" and cfg.max_fps == 5.0  # file beats default
     assert cfg.smoothing == RunConfig().smoothing  # default where neither says
-    assert build_config(None, {"source": "x"}).detector is None  # unset: the bundle's detector, else haar
+    assert build_config(None, {"source": "x"}).detector is None  # unset: the bundle's detector, else yunet
 
 
 def test_config_errors_name_the_key(tmp_path):
@@ -108,7 +108,7 @@ def test_default_config_lists_every_option_and_parses(tmp_path):
     live = "\n".join(line[2:] for line in text.splitlines() if line.startswith("# ") and " = " in line
                      and "<" not in line)
     assert RunConfig(**tomllib.loads(live)) == RunConfig()
-    assert "detect_every" in text and "retention_days" in text and "Interpreter threads." in text
+    assert "detect_every" in text and "retention_days" in text and "Interpreter and OpenCV threads." in text
     assert run_cli("config", "init", tmp_path / "ferlite.toml").returncode == 2, "no silent overwrite"
     assert default_toml({}).count(" = ") == len(RunConfig.__dataclass_fields__)
 
