@@ -142,7 +142,9 @@ def crop_face(gray: np.ndarray, box: tuple[int, int, int, int], landmarks: np.nd
     else:
         face = float(np.sqrt(max(w, 1) * max(h, 1)))
         cx, cy, side = x + w / 2.0 + framing.dx * face, y + h / 2.0 + framing.dy * face, framing.scale * face
-    tilt = eye_tilt(landmarks) if spec.align and landmarks is not None else 0.0
+    if not spec.align or landmarks is None:
+        return crop_square(gray, cx, cy, side, spec.size)
+    tilt = eye_tilt(landmarks)
     if not np.isfinite(tilt) or abs(tilt) < spec.align_min_tilt:
         return crop_square(gray, cx, cy, side, spec.size)
     matrix = cv2.getRotationMatrix2D((cx, cy), tilt, spec.size / side)

@@ -274,7 +274,8 @@ def test_log_summary_export_plot_for_both_formats_and_privacy(tiny_bundle, tmp_p
         if extra:
             assert lines[0] == "run,minute_utc,label,detections,faces" and "x" not in lines[0].split(",")
         else:
-            assert len(lines) == 13 and lines[0].startswith("run,time_utc,frame,track,x,y,w,h,label,confidence,uncertain,p_")
+            header = "run,time_utc,frame,track,x,y,w,h,label,confidence,uncertain,p_"
+            assert len(lines) == 13 and lines[0].startswith(header)
         plot = ferlite("log", "plot", log, "--out", tmp_path / f"{log.name}.png", cwd=tmp_path)
         assert plot.returncode == 0, plot.stderr
         assert cv2.imread(str(tmp_path / f"{log.name}.png")).shape[1] > 500
