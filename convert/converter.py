@@ -16,8 +16,8 @@ from ferlite.calibration import calibration_figures
 from ferlite.datasets import load_dataset
 from ferlite.errors import FerliteError, ModelError
 from ferlite.preprocess import FER2013_FRAMING, PreprocessSpec
+from ferlite.training.keras_model import keras_probs, load_keras, model_labels
 
-from .keras_model import keras_probs, load_keras, model_labels
 from .quantize import calibration_split, quantize_keras
 from .verify import Gate, compare, gate_failure
 

@@ -8,6 +8,16 @@ from ferlite.datasets import Dataset
 from ferlite.errors import ModelError
 
 
+def float_tflite(model) -> bytes:
+    """A Keras model as a float TFLite model in memory, to time float against int8 on the same runtime."""
+    import tensorflow as tf
+
+    from ferlite.quiet import native_quiet
+
+    with native_quiet():  # TensorFlow reports its missing GPUs on stderr
+        return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+
+
 def stratified_sample(labels: np.ndarray, total: int, seed: int = 0) -> np.ndarray:
     """Indices of about `total` items spread evenly over the classes (all of a class if it is small)."""
     rng = np.random.default_rng(seed)

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ferlite.bundle import Bundle
 from ferlite.config import RunConfig
 from ferlite.device.pipeline import Pipeline, Stats
 from ferlite.device.sources import BadFrameError, Frame, FrameSource, open_source
@@ -216,14 +215,14 @@ def bench_pipeline(cfg: RunConfig, frames: int, warmup: int) -> dict:
     }
 
 
-def real_faces(cfg: RunConfig, bundle: Bundle) -> np.ndarray:
+def real_faces(cfg: RunConfig, predictor: Predictor) -> np.ndarray:
     """Model inputs for up to MAX_FACES faces detected in the source, as the pipeline would prepare them."""
     from ferlite.device.detectors import chosen_detector, make_detector
-    from ferlite.inputs import face_inputs
-    from ferlite.preprocess import to_gray
+    from ferlite.device.faces import FaceStep
 
-    detector = make_detector(chosen_detector(bundle.manifest.options, cfg.detector), cfg.detect_width, cfg.min_face,
-                             cfg.threads)
+    detector = make_detector(chosen_detector(predictor.bundle.manifest.options, cfg.detector), cfg.detect_width,
+                             cfg.min_face, cfg.threads)
+    step = FaceStep(detector, predictor)
     source = open_source(str(cfg.source))
     found = []
     try:
@@ -234,9 +233,8 @@ def real_faces(cfg: RunConfig, bundle: Bundle) -> np.ndarray:
                 continue
             if frame is None:
                 break
-            faces = detector.detect(frame.image)
-            if faces:
-                found.append(face_inputs(bundle.manifest, to_gray(frame.image), faces, detector.name))
+            if faces := step.find(frame.image):
+                found.append(step.inputs(frame.image, faces))
     finally:
         source.close()
     if not found:
@@ -268,18 +266,6 @@ def _invoke_samples(interpreter, inputs: np.ndarray, runs: int, warmup: int) -> 
     return samples
 
 
-def float_tflite(keras_path: Path) -> bytes:
-    """The .keras model converted to a float TFLite model in memory (TensorFlow is imported here only)."""
-    from ferlite.convert.keras_model import load_keras
-    from ferlite.quiet import native_quiet
-
-    with native_quiet():  # TensorFlow reports its missing GPUs on stderr
-        model = load_keras(keras_path)
-        import tensorflow as tf
-
-        return tf.lite.TFLiteConverter.from_keras_model(model).convert()
-
-
 def predictor_inputs(predictor: Predictor, faces: np.ndarray) -> np.ndarray:
     """The interpreter's input tensors for `faces` (N, S, S), quantized as Predictor.predict does."""
     from ferlite.preprocess import quantize
@@ -288,22 +274,21 @@ def predictor_inputs(predictor: Predictor, faces: np.ndarray) -> np.ndarray:
     return quantize(x, predictor.input.dtype, predictor.input.scale, predictor.input.zero_point)
 
 
-def bench_model(cfg: RunConfig, runs: int, warmup: int, keras: Path | None = None) -> dict:
+def bench_model(cfg: RunConfig, runs: int, warmup: int, float_model: tuple[str, bytes] | None = None) -> dict:
     """Inference latency of the bundle alone, one real face per call (no flip averaging): the interpreter's
-    invoke() and the whole Predictor.predict (quantize, invoke, dequantize); float too given a .keras model."""
+    invoke() and the whole Predictor.predict (quantize, invoke, dequantize); with `float_model` (its name
+    and a float TFLite model, which the caller converts: the device never imports TensorFlow), that too."""
     from ferlite.bundle import read_bundle
     from ferlite.device.run import bundle_path
     from ferlite.runtime import load_interpreter
 
     if runs < 1 or warmup < 0:
         raise ConfigError("--frames must be >= 1 and --warmup >= 0")
-    if keras is not None and not keras.is_file():
-        raise SourceError(f"{keras}: no such Keras model")
     bundle = read_bundle(bundle_path(cfg))
-    if bundle.manifest.kind != "cnn" and keras is not None:
+    if bundle.manifest.kind != "cnn" and float_model is not None:
         raise ConfigError("--keras compares float and int8 CNNs: the bundle is not a cnn bundle")
     predictor = Predictor(bundle, cfg.threads, tta_flip=False)
-    faces = real_faces(cfg, bundle)
+    faces = real_faces(cfg, predictor)
     int8 = {"model_bytes": len(bundle.model),
             "invoke_ms": summary(_invoke_samples(predictor.interpreter, predictor_inputs(predictor, faces), runs,
                                                  warmup)),
@@ -313,11 +298,11 @@ def bench_model(cfg: RunConfig, runs: int, warmup: int, keras: Path | None = Non
               "kind": bundle.manifest.kind, "runtime": predictor.runtime,
               "runtime_version": _version(predictor.runtime), "threads": cfg.threads, "source": str(cfg.source),
               "faces": len(faces), "runs": runs, "int8": int8}
-    if keras is not None:
-        model = float_tflite(keras)
+    if float_model is not None:
+        name, model = float_model
         interpreter, _ = load_interpreter(model, cfg.threads)
         x = faces.astype(np.float32)[..., None]
-        report["float"] = {"model": str(keras), "model_bytes": len(model),
+        report["float"] = {"model": name, "model_bytes": len(model),
                            "invoke_ms": summary(_invoke_samples(interpreter, x, runs, warmup))}
     report["peak_rss_mib"] = round(peak_rss_mib(), 1)
     report["machine"] = machine()

@@ -21,11 +21,11 @@ import numpy as np
 
 from ferlite.config import RunConfig
 from ferlite.device.detectors.base import Detector, detect_near
+from ferlite.device.faces import FaceStep
 from ferlite.device.log import Result, ResultsLog
 from ferlite.device.sources import BadFrameError, CameraReadError, Frame, FrameSource
 from ferlite.device.tracker import Tracker
-from ferlite.inputs import Box, Face, face_inputs
-from ferlite.preprocess import to_gray
+from ferlite.inputs import Box, Face
 from ferlite.runtime import Predictor
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,7 @@ class Pipeline:
                  results: ResultsLog, cfg: RunConfig, hooks: Hooks | None = None,
                  status: TextIO | None = None) -> None:
         self.source, self.detector, self.predictor = source, detector, predictor
+        self.step = FaceStep(detector, predictor)
         self.tracker, self.results, self.cfg = tracker, results, cfg
         self.hooks = hooks or NoHooks()
         self.stats = Stats()
@@ -220,14 +221,14 @@ class Pipeline:
         frame again when fewer faces are found than were seen in the last frame (a face joining the
         tracked ones waits for the next full detection)."""
         if self.source.stills or not self.tracker.tracks or self.stats.frames % self.cfg.detect_every == 0:
-            return self.detector.detect(image)
+            return self.step.find(image)
         near = detect_near(self.detector, image, self.tracker.boxes())
         seen = sum(t.missed == 0 for t in self.tracker.tracks)
-        return near if len(near) >= seen else self.detector.detect(image)
+        return near if len(near) >= seen else self.step.find(image)
 
-    def inputs(self, gray: np.ndarray, faces: list[Face]) -> np.ndarray:
+    def inputs(self, image: np.ndarray, faces: list[Face]) -> np.ndarray:
         """The model inputs for this frame's faces; a method of its own so `ferlite bench` can time it."""
-        return face_inputs(self.predictor.bundle.manifest, gray, faces, self.detector.name)
+        return self.step.inputs(image, faces)
 
     def _process(self, frame: Frame) -> bool:
         import cv2
@@ -237,9 +238,8 @@ class Pipeline:
             self._skip(f"frame {frame.number} has {image.shape[2]} channels")
             return False
         try:
-            gray = to_gray(image)
             faces = self.find_faces(image)
-            probs = self.predictor.predict(self.inputs(gray, faces))
+            probs = self.predictor.predict(self.inputs(image, faces))
         except cv2.error as exc:
             self._skip(f"frame {frame.number}: {str(exc).strip().splitlines()[-1]}")
             return False

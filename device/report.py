@@ -105,15 +105,13 @@ def print_summary(runs: list[dict], as_json: bool) -> None:
     _console().print(table)
 
 
-def predict_photo(image, detector, predictor, threshold: float) -> list[Result]:
-    """Every face detected in one BGR photo, classified (face numbers stand in for track ids)."""
+def predict_photo(image, step, threshold: float) -> list[Result]:
+    """Every face in one BGR photo, classified by the face step (face numbers stand in for track ids)."""
     from ferlite.device.pipeline import classify
-    from ferlite.inputs import face_inputs
-    from ferlite.preprocess import to_gray
 
-    faces = detector.detect(image)
-    probs = predictor.predict(face_inputs(predictor.bundle.manifest, to_gray(image), faces, detector.name))
-    return [classify(i, face.box, p, predictor.labels, threshold) for i, (face, p) in enumerate(zip(faces, probs), 1)]
+    faces, probs = step(image)
+    labels = step.predictor.labels
+    return [classify(i, face.box, p, labels, threshold) for i, (face, p) in enumerate(zip(faces, probs), 1)]
 
 
 def print_predictions(records: list[dict], as_json: bool) -> None:

@@ -243,15 +243,19 @@ def eval_cmd(
     path = _bundle_path(bundle)
     truth = Truth(ferplus, ferplus_csv)
     if path.suffix == ".keras":
-        from ferlite.convert.keras_model import evaluate_keras
+        from ferlite.training.keras_model import evaluate_keras
 
         if detector is not None:
             raise ConfigError("--detector scores a bundle on the device path; convert the .keras model first")
         metrics, details = evaluate_keras(path, data, bool(tta_flip), truth)
+    elif detector is not None:
+        from ferlite.device.evaluate import evaluate_photos
+
+        metrics, details = evaluate_photos(path, data, detector, detect_width, min_face, threads=threads,
+                                           tta_flip=tta_flip, truth=truth, align=align, calibrated=temperature)
     else:
         metrics, details = evaluate_bundle(path, data, threads=threads, tta_flip=tta_flip, truth=truth,
-                                           detector=detector, detect_width=detect_width, min_face=min_face,
-                                           align=align, calibrated=temperature)
+                                           calibrated=temperature)
     if plot is not None:
         from ferlite.plots import confusion_png
 
@@ -353,6 +357,7 @@ def predict_cmd(
 
     from ferlite.bundle import read_bundle
     from ferlite.device.detectors import chosen_detector, make_detector
+    from ferlite.device.faces import FaceStep
     from ferlite.device.pipeline import annotate as draw
     from ferlite.device.report import predict_photo, print_predictions
     from ferlite.errors import SourceError
@@ -362,15 +367,15 @@ def predict_cmd(
     if missing:
         raise SourceError(f"no such image: {', '.join(missing)}")
     predictor = Predictor(read_bundle(_bundle_path(bundle)), threads)
-    found = make_detector(chosen_detector(predictor.bundle.manifest.options, detector), detect_width, min_face,
-                          threads)
+    step = FaceStep(make_detector(chosen_detector(predictor.bundle.manifest.options, detector), detect_width,
+                                  min_face, threads), predictor)
     records = []
     for path in images:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
             records.append({"image": str(path), "faces": [], "error": "unreadable image"})
             continue
-        results = predict_photo(image, found, predictor, threshold)
+        results = predict_photo(image, step, threshold)
         records.append({"image": str(path), "faces": [{"face": r.track, "box": list(r.box), "label": r.label,
                                                        "confidence": round(r.confidence, 4),
                                                        "uncertain": r.uncertain, "probs": r.probs}
@@ -409,7 +414,16 @@ def bench_cmd(
         raise ConfigError("--keras compares float with int8 inference: add --model-only")
     cfg = RunConfig(source=source or str(default_source()), bundle=str(bundle) if bundle else None,
                     detector=detector, threads=threads, detect_every=detect_every)
-    report = bench_model(cfg, frames, warmup, keras) if model_only else bench_pipeline(cfg, frames, warmup)
+    if model_only:
+        float_model = None
+        if keras is not None:  # converted here, the top of the house: the device never imports TensorFlow
+            from ferlite.convert.quantize import float_tflite
+            from ferlite.training.keras_model import load_keras
+
+            float_model = (str(keras), float_tflite(load_keras(keras)))
+        report = bench_model(cfg, frames, warmup, float_model)
+    else:
+        report = bench_pipeline(cfg, frames, warmup)
     print_bench(report, json_out)
 
 

@@ -26,7 +26,7 @@ def test_int8_agrees_with_float_on_unseen_faces(tiny_bundle, trained_run):
     assert abs(metrics["float"]["accuracy"] - metrics["int8"]["accuracy"]) <= 0.05
 
     # Recompute int8 predictions independently of the converter and compare with Keras float.
-    from ferlite.convert.keras_model import keras_probs, load_keras
+    from ferlite.training.keras_model import keras_probs, load_keras
 
     val = load_dataset(VAL)
     int8 = Predictor(bundle, calibrated=False).predict(val.images)  # the model as converted, no temperature

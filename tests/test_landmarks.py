@@ -134,11 +134,11 @@ def test_geometry_recipe_trains_too(tmp_path):
 
 def test_int8_bundle_agrees_with_float(svm_bundle, svm_run):
     from ferlite.bundle import read_bundle
-    from ferlite.convert.keras_model import keras_probs, load_keras
     from ferlite.features import DEFAULT_RECIPE, recipe_size
     from ferlite.inputs import dataset_inputs
     from ferlite.landmarks import MODEL_FILE, file_sha256
     from ferlite.runtime import Predictor
+    from ferlite.training.keras_model import keras_probs, load_keras
 
     bundle = read_bundle(svm_bundle)
     m = bundle.manifest

@@ -100,7 +100,7 @@ def _teacher_probs(path: str, train: Dataset, cfg: CnnConfig, k: int) -> np.ndar
     """One teacher's probabilities with flip-TTA: a float .keras model, or a .ferlite bundle (int8, on the
     device runtime, with its own preprocessing) such as the shipped default, so a user can distil from it."""
     if not path.endswith(".ferlite"):
-        from ferlite.convert.keras_model import keras_probs
+        from ferlite.training.keras_model import keras_probs
 
         return keras_probs(_load_compatible(path, cfg, k, "a teacher"), train.images, tta_flip=True)
     from ferlite.bundle import read_bundle
@@ -127,7 +127,7 @@ def _initial_model(cfg: CnnConfig, k: int):
 
 def _load_compatible(path: str, cfg: CnnConfig, k: int, role: str):
     """A trained .keras model that takes this run's input and gives its k classes, or a one-line error."""
-    from ferlite.convert.keras_model import load_keras
+    from ferlite.training.keras_model import load_keras
 
     model = load_keras(path)
     if tuple(model.input_shape[1:]) != (cfg.size, cfg.size, 1) or model.output_shape[-1] != k:

@@ -70,6 +70,7 @@ class KerasPredictor:
         self.labels = model_labels(path, self.model.output_shape[-1])
         self.size = int(self.model.input_shape[1])
         self.tta_flip = tta_flip
+        self.temperature = 1.0  # a float model is scored as it is; temperatures belong to bundles
         self.runtime = "keras (float)"
 
     def predict(self, faces: np.ndarray) -> np.ndarray:

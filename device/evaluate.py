@@ -1,0 +1,52 @@
+"""`ferlite eval --detector`: photos rather than face crops, each face found, framed and scored as
+the device does it, so a bundle is judged on what it will meet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ferlite.datasets import Dataset
+from ferlite.device.detectors import make_detector
+from ferlite.device.faces import FaceStep
+from ferlite.errors import DatasetError
+from ferlite.evaluate import Truth, score
+from ferlite.metrics import Metrics
+from ferlite.preprocess import PreprocessSpec
+
+
+def detected_faces(step: FaceStep, dataset: Dataset) -> tuple[Dataset, np.ndarray]:
+    """The dataset's images that hold a face, and the inputs of the largest face in each."""
+    from rich.progress import track
+
+    found, inputs = [], []
+    name = step.detector.name
+    for i, image in enumerate(track(dataset.images, description=f"detecting ({name})", transient=True)):
+        if faces := step.find(image):
+            found.append(i)
+            inputs.append(step.inputs(image, [max(faces, key=lambda f: f.box[2] * f.box[3])])[0])
+    if not found:
+        raise DatasetError(f"{dataset.source}: the {name} detector finds no face in any image")
+    return dataset.subset(np.array(found)), np.stack(inputs)
+
+
+def evaluate_photos(path: Path, data: str, detector: str, detect_width: int, min_face: int,
+                    threads: int | None = None, tta_flip: bool | None = None, truth: Truth = Truth(),
+                    align: bool | None = None, calibrated: bool = True) -> tuple[Metrics, dict]:
+    """The bundle on `data`'s images as photos: `detector` finds the largest face in each, the bundle's
+    recipe frames it (`align` overrides its alignment); images without a face are counted, not scored."""
+    from ferlite.bundle import read_bundle
+    from ferlite.runtime import Predictor
+
+    bundle = read_bundle(path)
+    if align is not None:
+        bundle.manifest.preprocess = {**bundle.manifest.preprocess, "align": align}
+    predictor = Predictor(bundle, threads=threads, tta_flip=tta_flip, calibrated=calibrated)
+    dataset = truth.faces(data, tuple(predictor.labels))
+    step = FaceStep(make_detector(detector, detect_width, min_face, threads), predictor)
+    faces, inputs = detected_faces(step, dataset)
+    metrics, details = score(predictor, faces, inputs, model=str(path), data=data, truth=truth)
+    aligned = PreprocessSpec.from_dict(bundle.manifest.preprocess).align
+    return metrics, {**details, "detector": detector, "aligned": aligned, "images": len(dataset),
+                     "no_face": len(dataset) - len(faces)}
