@@ -316,28 +316,27 @@ def print_bench(report: dict, as_json: bool) -> None:
 
         emit_json(report)
         return
-    from rich.console import Console
-    from rich.table import Table
+    from ferlite.console import console, table
 
-    con = Console(highlight=False)
+    con = console()
     threads = report["threads"] or "default"
     con.print(f"[bold]{report['bundle']}[/] ({report['kind']}) · {report['runtime']} {report['runtime_version']} · "
               f"threads {threads} · {report['source']}")
     if report["mode"] == "model-only":
-        table = Table("model", "call", "median ms", "p95 ms", "calls")
+        rows = table("model", "call", "median ms", "p95 ms", "calls")
         for name in ("int8", "float"):
             for call in ("invoke_ms", "predict_ms"):
                 row = report.get(name, {}).get(call)
                 if row:
-                    table.add_row(name, call[:-3], f"{row['median']:.3f}", f"{row['p95']:.3f}", str(row["calls"]))
-        con.print(table)
+                    rows.add_row(name, call[:-3], f"{row['median']:.3f}", f"{row['p95']:.3f}", str(row["calls"]))
+        con.print(rows)
         con.print(f"{report['faces']} real faces, batch 1 · peak RSS {report['peak_rss_mib']:.0f} MiB")
         return
-    table = Table("stage", "median ms", "p95 ms", "calls")
+    rows = table("stage", "median ms", "p95 ms", "calls")
     for stage, row in report["stages_ms"].items():
         if row:
-            table.add_row(stage, f"{row['median']:.3f}", f"{row['p95']:.3f}", str(row["calls"]))
-    con.print(table)
+            rows.add_row(stage, f"{row['median']:.3f}", f"{row['p95']:.3f}", str(row["calls"]))
+    con.print(rows)
     first = report["first_prediction_s"]
     con.print(f"{report['fps']:.1f} frames/s · {report['faces_per_s']:.1f} faces/s over {report['frames']} frames "
               f"(after {report['warmup_frames']} warm-up; {report['detector']} every {report['detect_every']} "

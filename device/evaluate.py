@@ -18,11 +18,11 @@ from ferlite.preprocess import PreprocessSpec
 
 def detected_faces(step: FaceStep, dataset: Dataset) -> tuple[Dataset, np.ndarray]:
     """The dataset's images that hold a face, and the inputs of the largest face in each."""
-    from rich.progress import track
+    from ferlite.console import progress
 
     found, inputs = [], []
     name = step.detector.name
-    for i, image in enumerate(track(dataset.images, description=f"detecting ({name})", transient=True)):
+    for i, image in enumerate(progress(dataset.images, f"detecting ({name})")):
         if faces := step.find(image):
             found.append(i)
             inputs.append(step.inputs(image, [max(faces, key=lambda f: f.box[2] * f.box[3])])[0])

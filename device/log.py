@@ -425,4 +425,21 @@ def open_reader(path: str | Path) -> LogReader:
         raise LogError(f"{path}: no such results log")
     with path.open("rb") as f:
         header = f.read(16)
-    return SqliteReader(path) if header == b"SQLite format 3\x00" else JsonlReader(path)
+    if header == b"SQLite format 3\x00":
+        return SqliteReader(path)
+    if not _starts_as_jsonl_log(path):
+        raise LogError(f"{path}: not a ferlite results log (neither its SQLite database nor its JSON lines)")
+    return JsonlReader(path)
+
+
+def _starts_as_jsonl_log(path: Path) -> bool:
+    """Whether the file's first line is a ferlite JSON-lines record (an empty file is a log not yet written)."""
+    with path.open(encoding="utf-8", errors="replace") as f:
+        first = f.readline()
+    if not first.strip():
+        return True
+    try:
+        record = json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(record, dict) and "type" in record

@@ -49,12 +49,6 @@ def timeline(reader: LogReader, run: int | None = None) -> tuple[list[str], dict
     return minutes, {label: [per[m][label] for m in minutes] for label in labels}
 
 
-def _console():
-    from rich.console import Console
-
-    return Console(highlight=False)
-
-
 @contextmanager
 def _output(path: str):
     if path == "-":
@@ -91,18 +85,18 @@ def print_summary(runs: list[dict], as_json: bool) -> None:
     if as_json:
         emit_json(runs)
         return
-    from rich.table import Table
+    from ferlite.console import console, table
 
-    table = Table("run", "started (UTC)", "stopped", "source", "detector", "frames", "skipped", "faces", "tracks",
+    rows = table("run", "started (UTC)", "stopped", "source", "detector", "frames", "skipped", "faces", "tracks",
                   "uncertain", "faces per label")
     for r in runs:
         labels = ", ".join(f"{k} {v}" for k, v in r["by_label"].items()) or "-"
-        table.add_row(str(r["id"]), str(r["started_utc"])[:19].replace("T", " "),
+        rows.add_row(str(r["id"]), str(r["started_utc"])[:19].replace("T", " "),
                       str(r["stopped_utc"])[11:19] if r["stopped_utc"] else "not cleanly", Path(str(r["source"])).name,
                       str(r["detector"]), str(r["frames"]), str(r["skipped"]), str(sum(r["by_label"].values())),
                       str(r["tracks"]), str(r["uncertain"]),
                       labels + (" (privacy: counts only)" if r["privacy"] else ""))
-    _console().print(table)
+    console().print(rows)
 
 
 def predict_photo(image, step, threshold: float) -> list[Result]:
@@ -120,15 +114,15 @@ def print_predictions(records: list[dict], as_json: bool) -> None:
     if as_json:
         emit_json(records)
         return
-    from rich.table import Table
+    from ferlite.console import console, table
 
-    table = Table("image", "face", "box (x, y, w, h)", "label", "probability", "uncertain")
+    rows = table("image", "face", "box (x, y, w, h)", "label", "probability", "uncertain")
     for rec in records:
         if rec.get("error"):
-            table.add_row(rec["image"], "-", "-", rec["error"], "-", "-")
+            rows.add_row(rec["image"], "-", "-", rec["error"], "-", "-")
         elif not rec["faces"]:
-            table.add_row(rec["image"], "-", "-", "no face found", "-", "-")
+            rows.add_row(rec["image"], "-", "-", "no face found", "-", "-")
         for face in rec["faces"]:
-            table.add_row(rec["image"], str(face["face"]), ", ".join(map(str, face["box"])), face["label"],
-                          f"{face['confidence']:.2f}", "yes" if face["uncertain"] else "")
-    _console().print(table)
+            rows.add_row(rec["image"], str(face["face"]), ", ".join(map(str, face["box"])), face["label"],
+                         f"{face['confidence']:.2f}", "yes" if face["uncertain"] else "")
+    console().print(rows)

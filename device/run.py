@@ -16,9 +16,9 @@ from ferlite.runtime import Predictor
 
 
 def bundle_path(cfg: RunConfig) -> Path:
-    from ferlite.models import DEFAULT_CNN
+    from ferlite.models import bundle_path
 
-    return Path(cfg.bundle) if cfg.bundle else DEFAULT_CNN
+    return bundle_path(cfg.bundle)
 
 
 def build(cfg: RunConfig, hooks: Hooks) -> Pipeline:

@@ -115,6 +115,8 @@ def systemctl_status() -> str:
     """`systemctl status ferlite` as text (its exit code says little: 3 just means stopped)."""
     if shutil.which("systemctl") is None:
         raise ServiceError("systemctl not found: systemd is not installed here")
+    if not Path("/run/systemd/system").is_dir():
+        raise ServiceError("systemd is not running on this machine (not booted with it): no service to ask about")
     result = subprocess.run(["systemctl", "status", UNIT_NAME, "--no-pager", "--lines=0"],
                             capture_output=True, text=True)
     return (result.stdout or result.stderr).strip()

@@ -207,6 +207,14 @@ def is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The images in a folder, in name order; a folder without one is a SourceError."""
+    images = sorted(p for p in folder.iterdir() if p.is_file() and is_image(p))
+    if not images:
+        raise SourceError(f"{folder}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return images
+
+
 def video_devices() -> list[str]:
     """The /dev/videoN nodes in numeric order."""
     return sorted(glob.glob("/dev/video*"), key=lambda p: int(re.sub(r"\D", "", p) or 0))
@@ -238,10 +246,7 @@ def open_source(source: str, size: tuple[int, int] | None = None, fps: float = 0
         return OpenCVCamera(source, size, fps)
     path = Path(source)
     if path.is_dir():
-        images = sorted(p for p in path.iterdir() if p.is_file() and is_image(p))
-        if not images:
-            raise SourceError(f"{path}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        return ImageFiles(images, str(path))
+        return ImageFiles(image_files(path), str(path))
     if not path.is_file():
         raise SourceError(f"{path}: no such file, folder or camera")
     if is_image(path):

@@ -111,7 +111,9 @@ def read_bundle(path: str | Path) -> Bundle:
     path = Path(path)
     where = str(path)
     if not path.is_file():
-        raise BundleError(f"{where}: no such bundle file")
+        from ferlite.models import SHIPPED
+
+        raise BundleError(f"{where}: no such bundle file (shipped bundles: {', '.join(SHIPPED)})")
     try:
         with zipfile.ZipFile(path) as zf:
             members = set(zf.namelist())

@@ -26,6 +26,20 @@ DETECT_WIDTH_HELP = "Width frames are shrunk to before face detection (never enl
 MIN_FACE_HELP = "Smallest face reported, in frame pixels (box width), for every detector."
 
 
+def _version(value: bool) -> None:
+    if value:
+        from ferlite import __version__
+
+        typer.echo(f"ferlite {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print ferlite's version and exit.")] = False) -> None:
+    """Facial-emotion models from a workstation to a Raspberry Pi."""
+
+
 def _command_line() -> str:
     return "ferlite " + shlex.join(sys.argv[1:])
 
@@ -128,10 +142,10 @@ def train_svm_cmd(
 
 
 def _bundle_path(bundle: Path | None) -> Path:
-    """The given bundle, or the shipped default CNN bundle."""
-    from ferlite.models import DEFAULT_CNN
+    """The given bundle (a file or a shipped bundle's short name), or the shipped default CNN bundle."""
+    from ferlite.models import bundle_path
 
-    return bundle if bundle is not None else DEFAULT_CNN
+    return bundle_path(bundle)
 
 
 @app.command("convert")
@@ -257,9 +271,11 @@ def eval_cmd(
         metrics, details = evaluate_bundle(path, data, threads=threads, tta_flip=tta_flip, truth=truth,
                                            calibrated=temperature)
     if plot is not None:
+        from ferlite.console import wrote
         from ferlite.plots import confusion_png
 
         confusion_png(metrics.confusion, tuple(details["labels"]), plot, title=f"{Path(details['model']).name}")
+        wrote(plot)
     print_metrics(metrics, details, json_out)
 
 
@@ -301,6 +317,8 @@ def run_cmd(
                                                   "probabilities (1: none).")] = _RUN.smoothing,
     max_missed: Annotated[int, typer.Option(help="Frames a face may go undetected before its track "
                                                  "ends.")] = _RUN.max_missed,
+    iou: Annotated[float, typer.Option(help="Smallest box overlap (IoU) with a track's last box that continues "
+                                            "it.")] = _RUN.iou,
     log: Annotated[str | None, typer.Option("--log", help="Results log (default: results.db, or results.jsonl "
                                                           "with --log-format jsonl).")] = None,
     log_format: Annotated[str, typer.Option(help="sqlite or jsonl.")] = _RUN.log_format,
@@ -333,11 +351,16 @@ def run_cmd(
     stats, run_id = run(cfg)
     typer.echo(f"run {run_id}: {stats.frames} frames, {stats.skipped} skipped, {stats.read_failures} failed reads, "
                f"{stats.detections} faces logged to {cfg.log_path()}", err=True)
+    if stats.frames == 0 and (stats.skipped or stats.read_failures):
+        from ferlite.errors import SourceError
+
+        raise SourceError(f"{cfg.source or 'the camera'}: no frame could be used")
 
 
 @app.command("predict")
 def predict_cmd(
-    images: Annotated[list[Path], typer.Argument(help="Photos to classify every detected face in.")],
+    images: Annotated[list[Path], typer.Argument(help="Photos, or folders of them, to classify every detected face "
+                                                 "in.")],
     bundle: Annotated[Path | None, typer.Option(help="Bundle (default: the shipped CNN).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
     annotate: Annotated[Path | None, typer.Option(help="Write each photo with boxes and labels drawn "
@@ -356,16 +379,19 @@ def predict_cmd(
     import cv2
 
     from ferlite.bundle import read_bundle
+    from ferlite.console import wrote
     from ferlite.device.detectors import chosen_detector, make_detector
     from ferlite.device.faces import FaceStep
     from ferlite.device.pipeline import annotate as draw
     from ferlite.device.report import predict_photo, print_predictions
+    from ferlite.device.sources import image_files
     from ferlite.errors import SourceError
     from ferlite.runtime import Predictor
 
-    missing = [str(p) for p in images if not p.is_file()]
+    missing = [str(p) for p in images if not p.exists()]
     if missing:
-        raise SourceError(f"no such image: {', '.join(missing)}")
+        raise SourceError(f"no such image or folder: {', '.join(missing)}")
+    images = [f for p in images for f in (image_files(p) if p.is_dir() else [p])]
     predictor = Predictor(read_bundle(_bundle_path(bundle)), threads)
     step = FaceStep(make_detector(chosen_detector(predictor.bundle.manifest.options, detector), detect_width,
                                   min_face, threads), predictor)
@@ -384,7 +410,7 @@ def predict_cmd(
             annotate.mkdir(parents=True, exist_ok=True)
             written = annotate / f"{path.stem}.annotated.png"
             cv2.imwrite(str(written), draw(image, results, bars))
-            typer.echo(f"wrote {written}", err=True)
+            wrote(written)
     print_predictions(records, json_out)
     if any(rec.get("error") for rec in records):
         raise SystemExit(1)
@@ -491,7 +517,9 @@ def _default_config_text() -> str:
 
     command = typer.main.get_command(app).get_command(None, "run")
     helps = {p.name: p.help for p in command.params if getattr(p, "help", None)}
-    helps["width"] = helps["height"] = helps.pop("resolution", "Camera resolution.")
+    helps.pop("resolution", None)
+    helps["width"] = "Camera width in pixels, with height (on the command line: --resolution WIDTHxHEIGHT)."
+    helps["height"] = "Camera height in pixels, with width (on the command line: --resolution WIDTHxHEIGHT)."
     return default_toml(helps)
 
 

@@ -14,10 +14,10 @@ from ferlite.preprocess import PreprocessSpec
 
 def predict_dataset(predictor, inputs: np.ndarray, chunk: int = 256, description: str = "evaluating") -> np.ndarray:
     """Probabilities for many inputs in chunks, with a progress bar on a terminal."""
-    from rich.progress import track
+    from ferlite.console import progress
 
     starts = range(0, len(inputs), chunk)
-    parts = [predictor.predict(inputs[s: s + chunk]) for s in track(starts, description=description, transient=True)]
+    parts = [predictor.predict(inputs[s: s + chunk]) for s in progress(starts, description)]
     return np.concatenate(parts) if parts else np.zeros((0, len(predictor.labels)), np.float32)
 
 

@@ -55,10 +55,10 @@ def landmark_inputs(preprocess: dict, faces: list[np.ndarray], points: list[np.n
 
 def dataset_landmarks(preprocess: dict, images: np.ndarray, landmarks: str | None = None) -> list[np.ndarray]:
     """Landmarks of pre-cropped dataset faces; `landmarks` overrides the landmark model path."""
-    from rich.progress import track
+    from ferlite.console import progress
 
     fitter = _landmarker(preprocess, landmarks)
-    return [fitter.fit_image(img) for img in track(images, description="landmarks", transient=True)]
+    return [fitter.fit_image(img) for img in progress(images, "landmarks")]
 
 
 def face_inputs(manifest: Manifest, gray: np.ndarray, faces: list[Face], detector: str) -> np.ndarray:

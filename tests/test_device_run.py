@@ -255,7 +255,7 @@ def test_predict_gives_one_result_per_face(tiny_bundle, tmp_path):
     assert all(f"wrote {tmp_path / 'out' / name}" in result.stderr for name in drawn)
     assert cv2.imread(str(tmp_path / "out" / "two.annotated.png")).shape == two.shape
     missing = ferlite("predict", tmp_path / "nope.jpg", "--bundle", tiny_bundle, cwd=tmp_path)
-    assert missing.returncode == 2 and missing.stderr == f"error: no such image: {tmp_path / 'nope.jpg'}\n"
+    assert missing.returncode == 2 and missing.stderr == f"error: no such image or folder: {tmp_path / 'nope.jpg'}\n"
 
 
 def test_log_summary_export_plot_for_both_formats_and_privacy(tiny_bundle, tmp_path):

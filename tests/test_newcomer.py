@@ -1,0 +1,108 @@
+"""The CLI as a new user meets it: output piped to a file, shipped bundles by name, wrong inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+ASTRONAUT = FIXTURES / "astronaut.jpg"
+GROUP = FIXTURES / "group.avi"
+
+
+def ferlite(*args, cwd: Path) -> subprocess.CompletedProcess:
+    """`ferlite ARGS` with stdout a pipe, as in `ferlite ... | cat`."""
+    return subprocess.run([sys.executable, "-m", "ferlite", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def one_line_error(result: subprocess.CompletedProcess, text: str) -> bool:
+    return result.returncode != 0 and result.stderr.count("\n") == 1 and text in result.stderr
+
+
+def test_version(tmp_path):
+    from ferlite import __version__
+
+    result = ferlite("--version", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout == f"ferlite {__version__}\n"
+
+
+def test_piped_tables_print_every_column_whole(tmp_path):
+    deep = tmp_path / "a folder with a long name" / "and another one"
+    deep.mkdir(parents=True)
+    shutil.copy(ASTRONAUT, deep / "astronaut.jpg")
+    predicted = ferlite("predict", deep / "astronaut.jpg", cwd=tmp_path)
+    assert predicted.returncode == 0 and "…" not in predicted.stdout
+    assert str(deep / "astronaut.jpg") in predicted.stdout and "probability" in predicted.stdout
+    run = ferlite("run", "--source", GROUP, "--log", "r.db", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    summary = ferlite("log", "summary", "r.db", cwd=tmp_path)
+    assert summary.returncode == 0 and "…" not in summary.stdout
+    for column in ("started (UTC)", "detector", "uncertain", "faces per label", "group.avi", "yunet"):
+        assert column in summary.stdout, column
+
+
+def test_shipped_bundles_by_short_name_and_info_kept_short(tmp_path):
+    info = ferlite("info", "landmark-svm", cwd=tmp_path)
+    assert info.returncode == 0 and "kind landmark-svm" in info.stdout
+    assert len(info.stdout.splitlines()) < 20 and "[1764 values]" in info.stdout  # not 580 lines of floats
+    assert "shipped bundles" in info.stdout and "cnn" in info.stdout
+    whole = json.loads(ferlite("info", "landmark-svm", "--json", cwd=tmp_path).stdout)
+    assert len(whole["manifest"]["preprocess"]["standardize"]["mean"]) == 1764  # --json keeps everything
+    predicted = ferlite("predict", ASTRONAUT, "--bundle", "cnn", "--json", cwd=tmp_path)
+    assert predicted.returncode == 0 and len(json.loads(predicted.stdout)[0]["faces"]) == 1
+    missing = ferlite("info", "no-such-bundle", cwd=tmp_path)
+    assert one_line_error(missing, "no such bundle file (shipped bundles: cnn, landmark-svm)")
+
+
+def test_predict_takes_a_folder(tmp_path):
+    shutil.copy(ASTRONAUT, tmp_path / "a.jpg")
+    shutil.copy(ASTRONAUT, tmp_path / "b.jpg")
+    (tmp_path / "notes.txt").write_text("not a photo")
+    result = ferlite("predict", tmp_path, "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert [Path(r["image"]).name for r in json.loads(result.stdout)] == ["a.jpg", "b.jpg"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert one_line_error(ferlite("predict", empty, cwd=tmp_path), "folder holds no images")
+    assert one_line_error(ferlite("predict", tmp_path / "nope", cwd=tmp_path), "no such image or folder")
+
+
+def test_wrong_files_are_one_line_errors(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello\n")
+    shutil.copy(tmp_path / "notes.txt", tmp_path / "notes.jpg")
+    assert one_line_error(ferlite("log", "summary", "notes.txt", cwd=tmp_path), "not a ferlite results log")
+    run = ferlite("run", "--source", "notes.jpg", "--log", "r.db", cwd=tmp_path)
+    assert run.returncode != 0 and run.stderr.splitlines()[-1] == "error: notes.jpg: no frame could be used"
+
+
+def test_eval_output_starts_with_its_result_and_names_what_it_wrote(tmp_path):
+    result = ferlite("eval", "--data", FIXTURES / "fer_mini_val.npz", "--plot", "cm.png", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0].strip() and "ECE" in result.stdout  # no blank lines first
+    assert (tmp_path / "cm.png").is_file() and "wrote cm.png" in result.stderr
+    as_json = ferlite("eval", "--data", FIXTURES / "fer_mini_val.npz", "--json", cwd=tmp_path)
+    assert json.loads(as_json.stdout)["samples"] == 120
+
+
+def test_config_init_comments_each_key_and_lists_only_real_flags(tmp_path):
+    text = ferlite("config", "init", "-", cwd=tmp_path).stdout
+    lines = text.splitlines()
+    comment = {lines[i + 1].split(" = ")[0][2:]: lines[i] for i in range(len(lines) - 1) if " = " in lines[i + 1]}
+    assert "width" in comment["width"].lower() and "height" in comment["height"].lower()
+    assert "resolution" not in comment  # not a config key
+    run_help = ferlite("run", "--help", cwd=tmp_path).stdout
+    for key in comment:
+        if key not in ("width", "height"):
+            assert f"--{key.replace('_', '-')}" in run_help, key
+
+
+@pytest.mark.skipif(Path("/run/systemd/system").is_dir(), reason="systemd runs here: its status is real")
+def test_service_status_without_systemd_is_an_error(tmp_path):
+    result = ferlite("service", "status", "--log", tmp_path / "r.db", cwd=tmp_path)
+    assert result.returncode != 0 and "error:" in result.stderr
