@@ -19,11 +19,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
+from ferlite.config import RunConfig
 from ferlite.errors import LogError
 from ferlite.inputs import Box
 
 log = logging.getLogger(__name__)
 
+_DEFAULTS = RunConfig()  # retention defaults: the run options' own
+MAX_AGE_S = _DEFAULTS.retention_days * 86400
+MAX_BYTES = int(_DEFAULTS.retention_mb * 2**20)
 COMMIT_EVERY_S = 1.0
 RETAIN_EVERY_S = 600.0
 
@@ -180,8 +184,8 @@ def _add_uncertain_column(db: sqlite3.Connection) -> None:
 class SqliteLog(_BatchedLog):
     """Results in SQLite (WAL, synchronous=NORMAL: a killed process loses nothing committed)."""
 
-    def __init__(self, path: str | Path, info: RunInfo, privacy: bool = False, max_age_s: float = 30 * 86400,
-                 max_bytes: int = 512 * 2**20) -> None:
+    def __init__(self, path: str | Path, info: RunInfo, privacy: bool = False, max_age_s: float = MAX_AGE_S,
+                 max_bytes: int = MAX_BYTES) -> None:
         super().__init__(Path(path), privacy)
         self.max_age_s, self.max_bytes = max_age_s, max_bytes
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -262,8 +266,8 @@ class JsonlLog(_BatchedLog):
     PATH.1 once it is older than max_age_s. Count lines are increments: readers add them up.
     """
 
-    def __init__(self, path: str | Path, info: RunInfo, privacy: bool = False, max_age_s: float = 30 * 86400,
-                 max_bytes: int = 512 * 2**20) -> None:
+    def __init__(self, path: str | Path, info: RunInfo, privacy: bool = False, max_age_s: float = MAX_AGE_S,
+                 max_bytes: int = MAX_BYTES) -> None:
         super().__init__(Path(path), privacy)
         self.max_age_s, self.max_bytes = max_age_s, max_bytes
         self.run_id = int(time.time() * 1000)
@@ -329,8 +333,8 @@ class JsonlLog(_BatchedLog):
         self._file.close()
 
 
-def open_log(path: str | Path, fmt: str, info: RunInfo, privacy: bool = False, max_age_s: float = 30 * 86400,
-             max_bytes: int = 512 * 2**20) -> ResultsLog:
+def open_log(path: str | Path, fmt: str, info: RunInfo, privacy: bool = False, max_age_s: float = MAX_AGE_S,
+             max_bytes: int = MAX_BYTES) -> ResultsLog:
     cls = JsonlLog if fmt == "jsonl" else SqliteLog
     return cls(path, info, privacy=privacy, max_age_s=max_age_s, max_bytes=max_bytes)
 

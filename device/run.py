@@ -16,7 +16,7 @@ from ferlite.runtime import Predictor
 
 
 def bundle_path(cfg: RunConfig) -> Path:
-    from ferlite.models import bundle_path
+    from ferlite.bundles import bundle_path
 
     return bundle_path(cfg.bundle)
 

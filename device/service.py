@@ -125,7 +125,7 @@ def systemctl_status() -> str:
 def recent_results(log: Path, minutes: int) -> str:
     """Faces per label for each of the last `minutes` minutes that have results, as text lines."""
     from ferlite.device.log import open_reader
-    from ferlite.device.report import timeline
+    from ferlite.device.logview import timeline
 
     if not log.exists():
         return f"no results yet ({log} does not exist)"

@@ -111,7 +111,7 @@ def read_bundle(path: str | Path) -> Bundle:
     path = Path(path)
     where = str(path)
     if not path.is_file():
-        from ferlite.models import SHIPPED
+        from ferlite.bundles import SHIPPED
 
         raise BundleError(f"{where}: no such bundle file (shipped bundles: {', '.join(SHIPPED)})")
     try:

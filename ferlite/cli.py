@@ -12,6 +12,7 @@ import typer
 
 from ferlite.config import RunConfig
 from ferlite.device.detectors import HELP as DETECTOR_HELP
+from ferlite.device.service import CONFIG_PATH, STATE_DB, UNIT_DIR
 from ferlite.errors import ConfigError, FerliteError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -22,6 +23,7 @@ log_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Read a 
 app.add_typer(log_app, name="log")
 
 
+_RUN = RunConfig()
 DETECT_WIDTH_HELP = "Width frames are shrunk to before face detection (never enlarged), for every detector."
 MIN_FACE_HELP = "Smallest face reported, in frame pixels (box width), for every detector."
 
@@ -143,7 +145,7 @@ def train_svm_cmd(
 
 def _bundle_path(bundle: Path | None) -> Path:
     """The given bundle (a file or a shipped bundle's short name), or the shipped default CNN bundle."""
-    from ferlite.models import bundle_path
+    from ferlite.bundles import bundle_path
 
     return bundle_path(bundle)
 
@@ -247,8 +249,8 @@ def eval_cmd(
     temperature: Annotated[bool, typer.Option("--temperature/--no-temperature", help="Calibrate probabilities "
                                               "with the bundle's temperature (off: as the model gives them; "
                                               "accuracy is the same, ECE is not).")] = True,
-    detect_width: Annotated[int, typer.Option(help="With --detector: " + DETECT_WIDTH_HELP)] = 640,
-    min_face: Annotated[int, typer.Option(help="With --detector: " + MIN_FACE_HELP)] = 24,
+    detect_width: Annotated[int, typer.Option(help="With --detector: " + DETECT_WIDTH_HELP)] = _RUN.detect_width,
+    min_face: Annotated[int, typer.Option(help="With --detector: " + MIN_FACE_HELP)] = _RUN.min_face,
 ) -> None:
     """Accuracy, macro-F1, top-2, per-class P/R/F1 and confusion matrix on labelled faces."""
     from ferlite.console import print_metrics
@@ -279,7 +281,6 @@ def eval_cmd(
     print_metrics(metrics, details, json_out)
 
 
-_RUN = RunConfig()
 
 
 def _resolution(text: str | None) -> tuple[int | None, int | None]:
@@ -382,8 +383,8 @@ def predict_cmd(
     from ferlite.console import wrote
     from ferlite.device.detectors import chosen_detector, make_detector
     from ferlite.device.faces import FaceStep
+    from ferlite.device.logview import predict_photo, print_predictions
     from ferlite.device.pipeline import annotate as draw
-    from ferlite.device.report import predict_photo, print_predictions
     from ferlite.device.sources import image_files
     from ferlite.errors import SourceError
     from ferlite.runtime import Predictor
@@ -463,7 +464,7 @@ def log_summary_cmd(
 ) -> None:
     """Each run: source, detector, frames, faces, tracks and faces per label."""
     from ferlite.device.log import open_reader
-    from ferlite.device.report import print_summary, summarize
+    from ferlite.device.logview import print_summary, summarize
 
     print_summary(summarize(open_reader(log)), json_out)
 
@@ -478,7 +479,7 @@ def log_export_cmd(
 ) -> None:
     """Export detections (or per-minute counts) as CSV or JSON lines."""
     from ferlite.device.log import open_reader
-    from ferlite.device.report import export
+    from ferlite.device.logview import export
 
     if (csv_out is None) == (jsonl_out is None):
         raise ConfigError("give exactly one of --csv FILE or --jsonl FILE")
@@ -495,7 +496,7 @@ def log_plot_cmd(
 ) -> None:
     """Emotion timeline (faces per label per minute) and distribution, as one PNG."""
     from ferlite.device.log import open_reader
-    from ferlite.device.report import timeline
+    from ferlite.device.logview import timeline
     from ferlite.plots import emotions_png
 
     minutes, series = timeline(open_reader(log), run)
@@ -525,8 +526,7 @@ def _default_config_text() -> str:
 
 @config_app.command("init")
 def config_init_cmd(
-    path: Annotated[Path, typer.Argument(help="Where to write it ('-': print it).")] = Path(
-        "/etc/ferlite/ferlite.toml"),
+    path: Annotated[Path, typer.Argument(help="Where to write it ('-': print it).")] = CONFIG_PATH,
     force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write a commented default config listing every run option."""
@@ -547,8 +547,8 @@ def config_init_cmd(
 @service_app.command("install")
 def service_install_cmd(
     dry_run: Annotated[bool, typer.Option(help="Print the unit, the config and each step; change nothing.")] = False,
-    config: Annotated[Path, typer.Option(help="Config file the service reads.")] = Path("/etc/ferlite/ferlite.toml"),
-    unit_dir: Annotated[Path, typer.Option(help="Where unit files live.")] = Path("/etc/systemd/system"),
+    config: Annotated[Path, typer.Option(help="Config file the service reads.")] = CONFIG_PATH,
+    unit_dir: Annotated[Path, typer.Option(help="Where unit files live.")] = UNIT_DIR,
 ) -> None:
     """Install, enable and start the hardened systemd unit running `ferlite run --camera`."""
     from ferlite.device import service
@@ -561,7 +561,7 @@ def service_install_cmd(
 @service_app.command("uninstall")
 def service_uninstall_cmd(
     dry_run: Annotated[bool, typer.Option(help="Print each step; change nothing.")] = False,
-    unit_dir: Annotated[Path, typer.Option(help="Where unit files live.")] = Path("/etc/systemd/system"),
+    unit_dir: Annotated[Path, typer.Option(help="Where unit files live.")] = UNIT_DIR,
 ) -> None:
     """Stop, disable and remove the unit (the config and the results are kept)."""
     from ferlite.device import service
@@ -571,7 +571,7 @@ def service_uninstall_cmd(
 
 @service_app.command("status")
 def service_status_cmd(
-    log: Annotated[Path, typer.Option(help="The service's results database.")] = Path("/var/lib/ferlite/results.db"),
+    log: Annotated[Path, typer.Option(help="The service's results database.")] = STATE_DB,
     minutes: Annotated[int, typer.Option(help="How many recent minutes of results to show.")] = 10,
 ) -> None:
     """systemd's view of the service, then the faces per label of the last minutes."""

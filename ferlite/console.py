@@ -109,7 +109,7 @@ def print_info(bundle: Bundle, runtime: str | None, as_json: bool) -> None:
                   + (f" from {p['training_data']}" if p.get("training_data") else ""))
     if runtime:
         con.print(f"runtime: {runtime}")
-    from ferlite.models import SHIPPED
+    from ferlite.bundles import SHIPPED
 
     con.print(f"shipped bundles (name them with --bundle NAME): {', '.join(SHIPPED)}; cnn is the default")
 

@@ -132,7 +132,7 @@ def test_model_output_size_checked_against_labels_when_loading(tiny_bundle, tmp_
 def test_shipped_cnn_loads_and_the_model_card_quotes_its_measured_accuracy():
     """`ferlite info` reads the default bundle; the figures the model card gives are the ones the
     converter measured and stored in it, and the model is within its 150 KB budget."""
-    from ferlite.models import DEFAULT_CNN
+    from ferlite.bundles import DEFAULT_CNN
 
     result = run_cli("info", "--json")
     assert result.returncode == 0, result.stderr[-2000:]

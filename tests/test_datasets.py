@@ -105,8 +105,8 @@ def test_label_sets():
 def test_eval_against_ferplus_majority(tmp_path):
     """`ferlite eval --ferplus` scores the same faces against FER+'s ten-annotator majority instead of
     FER2013's single label: some faces change class, unknown and tied ones drop out."""
+    from ferlite.bundles import DEFAULT_CNN
     from ferlite.inputs import dataset_inputs
-    from ferlite.models import DEFAULT_CNN
     from ferlite.runtime import Predictor
 
     votes_csv = FIXTURES / "ferplus_mini_val.csv"  # the FER+ rows of VAL's faces, in VAL's order

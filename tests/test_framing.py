@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from ferlite.bundle import read_bundle
+from ferlite.bundles import DEFAULT_CNN
 from ferlite.calibration import apply_temperature, expected_calibration_error, fit_temperature, nll
 from ferlite.device.detectors import make_detector
-from ferlite.models import DEFAULT_CNN
 from ferlite.preprocess import FER2013_FRAMING, Framing, PreprocessSpec, crop_face, eye_tilt
 from ferlite.runtime import Predictor
 

@@ -176,9 +176,9 @@ def test_predict_photo_one_result_per_face(which, svm_bundle):
     """`ferlite predict` gives one result per box the detector finds; her smiling face reads happy."""
     import cv2
 
+    from ferlite.bundles import DEFAULT_LANDMARK_SVM
     from ferlite.config import RunConfig
     from ferlite.device.detectors import make_detector
-    from ferlite.models import DEFAULT_LANDMARK_SVM
 
     defaults = RunConfig()
     boxes = make_detector("dlib", defaults.detect_width, defaults.min_face).detect(cv2.imread(str(PHOTO)))
@@ -201,7 +201,7 @@ def test_eval_landmark_bundle(svm_bundle):
 
 def test_shipped_bundle_passes_the_gate():
     from ferlite.bundle import read_bundle
-    from ferlite.models import DEFAULT_LANDMARK_SVM
+    from ferlite.bundles import DEFAULT_LANDMARK_SVM
 
     m = read_bundle(DEFAULT_LANDMARK_SVM).manifest
     assert m.kind == "landmark-svm" and m.metrics["agreement"] >= 0.97

@@ -94,8 +94,8 @@ def test_a_bundle_teaches_with_its_int8_probabilities(tmp_path):
     the labels. A bundle with other classes than the run's is a one-line error."""
     from conftest import TRAIN, VAL, run_cli
 
+    from ferlite.bundles import DEFAULT_CNN
     from ferlite.datasets import load_dataset
-    from ferlite.models import DEFAULT_CNN
     from ferlite.training.cnn import CnnConfig, _distilled, _targets
 
     cfg = CnnConfig(data=str(TRAIN), val=str(VAL), out=str(tmp_path / "unused"), teachers=[str(DEFAULT_CNN)])
