@@ -351,8 +351,12 @@ class LogReader(Protocol):
 
 class SqliteReader:
     def __init__(self, path: Path) -> None:
+        # A log no writer holds open has no -wal file; reading it as immutable then creates no -wal and
+        # -shm files, which a read-only connection could not remove again. A live log is read as usual.
+        live = path.with_name(path.name + "-wal").exists()
         try:
-            self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            self.db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro" + ("" if live else "&immutable=1"),
+                                      uri=True)
             self.db.row_factory = sqlite3.Row
             self.db.execute("SELECT id FROM runs LIMIT 1")
         except sqlite3.DatabaseError as exc:

@@ -57,20 +57,22 @@ def train_cnn_cmd(
     ferplus_csv: Annotated[str | None, typer.Option(help="fer2013new.csv (default: beside --data).")] = None,
     width: Annotated[float, typer.Option(help="Width multiplier of mini-Xception.")] = 1.0,
     size: Annotated[int, typer.Option(help="Input size: 48 or 64.")] = 48,
-    epochs: int = 60,
-    batch_size: int = 128,
-    learning_rate: float = 2e-3,
-    weight_decay: float = 1e-4,
-    label_smoothing: float = 0.1,
+    epochs: Annotated[int, typer.Option(help="Passes over the training data.")] = 60,
+    batch_size: Annotated[int, typer.Option(help="Faces per training step.")] = 128,
+    learning_rate: Annotated[float, typer.Option(help="Peak learning rate of the cosine schedule (AdamW).")] = 2e-3,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-4,
+    label_smoothing: Annotated[float, typer.Option(help="Share of each target spread over the other "
+                                                        "classes.")] = 0.1,
     augment: Annotated[str, typer.Option(help="Batch augmentation: light (flip, shift, brightness, contrast) "
                                          "or full (also rotation and zoom).")] = "light",
     class_weights: Annotated[bool, typer.Option(help="Weight classes by inverse frequency.")] = False,
     patience: Annotated[int, typer.Option(help="Early stopping patience in epochs (0: off).")] = 0,
-    seed: int = 0,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed and data give the same model.")] = 0,
     init: Annotated[str | None, typer.Option(help="Fine-tune this trained .keras model instead of starting "
                                              "from scratch (--width is then ignored).")] = None,
-    teacher: Annotated[list[str] | None, typer.Option(help="Trained .keras model(s) or .ferlite bundle(s) "
-                                                      "to distil from; repeat for an ensemble.")] = None,
+    teacher: Annotated[list[str] | None, typer.Option(
+        metavar="MODEL", help="Trained .keras model(s) or .ferlite bundle(s) to distil from; repeat for an "
+                              "ensemble.")] = None,
     distill: Annotated[float, typer.Option(help="Share of the teachers' probabilities in the targets (0-1).")] = 0.5,
     resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out with the options it was "
                                               "started with (other options are ignored).")] = False,
@@ -107,8 +109,8 @@ LandmarksOpt = Annotated[str | None, typer.Option("--landmarks", help="dlib's sh
 
 @train_app.command("svm")
 def train_svm_cmd(
-    data: Annotated[list[str], typer.Option(help="Labelled face crops (.npz, folder per class); repeat to combine "
-                                                 "datasets.")],
+    data: Annotated[list[str], typer.Option(metavar="DATA", help="Labelled face crops (.npz, folder per class); "
+                                                                 "repeat to combine datasets.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Run folder (outside git, e.g. runs/NAME).")],
     group_by: Annotated[str, typer.Option(help="Cross-validate by 'subject' (subject-independent; needs subject "
                                                "ids) or by 'image'.")] = "subject",
@@ -122,7 +124,7 @@ def train_svm_cmd(
     l2: Annotated[float | None, typer.Option(help="L2 weight decay of the SVM (larger: softer margin; default: "
                                                   "hog 400, geometry 4, divided by the training rows).")] = None,
     epochs: Annotated[int, typer.Option(help="Full-batch training steps per fit.")] = 300,
-    seed: int = 0,
+    seed: Annotated[int, typer.Option(help="Random seed of the folds and the SVM's initialisation.")] = 0,
     landmarks: LandmarksOpt = None,
 ) -> None:
     """Landmark features -> one-vs-rest SVM; writes model.keras and report.{json,md}, confusion.png."""
@@ -360,8 +362,8 @@ def run_cmd(
 
 @app.command("predict")
 def predict_cmd(
-    images: Annotated[list[Path], typer.Argument(help="Photos, or folders of them, to classify every detected face "
-                                                 "in.")],
+    images: Annotated[list[Path], typer.Argument(metavar="IMAGE_OR_FOLDER", help="Photos, or folders of them, "
+                                                 "to classify every detected face in.")],
     bundle: Annotated[Path | None, typer.Option(help="Bundle (default: the shipped CNN).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
     annotate: Annotated[Path | None, typer.Option(help="Write each photo with boxes and labels drawn "

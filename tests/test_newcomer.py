@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -106,3 +108,50 @@ def test_config_init_comments_each_key_and_lists_only_real_flags(tmp_path):
 def test_service_status_without_systemd_is_an_error(tmp_path):
     result = ferlite("service", "status", "--log", tmp_path / "r.db", cwd=tmp_path)
     assert result.returncode != 0 and "error:" in result.stderr
+
+
+def test_reading_a_log_leaves_no_files_behind(tmp_path):
+    folder = tmp_path / "a log? #1"  # characters a SQLite URI must escape
+    folder.mkdir()
+    assert ferlite("run", "--source", GROUP, "--log", folder / "r.db", cwd=tmp_path).returncode == 0
+    for command in (("log", "summary"), ("log", "export", "--csv", "-")):
+        result = ferlite(*command[:2], folder / "r.db", *command[2:], cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["r.db"]  # no -wal, no -shm
+
+
+HIDE_TENSORFLOW = ("import sys; sys.modules['tensorflow'] = sys.modules['keras'] = None; sys.argv[0] = 'ferlite'; "
+                   "from ferlite.cli import main; main()")
+
+
+def test_train_without_tensorflow_is_one_line_and_leaves_no_run_folder(tmp_path):
+    result = subprocess.run([sys.executable, "-c", HIDE_TENSORFLOW, "train", "cnn", "--data",
+                             str(FIXTURES / "fer_mini_train.npz"), "--val", str(FIXTURES / "fer_mini_val.npz"),
+                             "-o", "runs/x"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert one_line_error(result, "needs TensorFlow: pip install 'ferlite[train]'")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_train_help_explains_every_option(tmp_path):
+    for command in ("cnn", "svm"):
+        lines = ferlite("train", command, "--help", cwd=tmp_path).stdout.splitlines()
+        assert not any("list[" in line for line in lines), command
+        bare = []
+        for i, line in enumerate(lines):
+            if not line.lstrip().startswith("-"):
+                continue
+            parts = re.split(r"\s{2,}", line.strip())
+            text = parts[1] if len(parts) > 1 else lines[i + 1].strip() if i + 1 < len(lines) else ""
+            if not text or text.startswith(("[default", "[required", "-")):
+                bare.append(line.strip())
+        assert bare == [], (command, bare)
+
+
+def test_training_speaks_in_epochs_not_tensorflow_logs(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_")}
+    result = subprocess.run([sys.executable, "-m", "ferlite", "train", "cnn", "--data",
+                             str(FIXTURES / "fer_mini_train.npz"), "--val", str(FIXTURES / "fer_mini_val.npz"),
+                             "-o", "run", "--epochs", "1", "--width", "0.25", "--batch-size", "16"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [line for line in result.stderr.splitlines() if not line.startswith("epoch")] == []

@@ -63,7 +63,7 @@ def _sample_weights(labels: np.ndarray, k: int, balanced: bool) -> np.ndarray:
 
 
 def _start_config(cfg: CnnConfig, resume: bool) -> CnnConfig:
-    """Check the run folder: a new run needs a fresh folder, --resume needs the saved config."""
+    """Check the run folder, writing nothing: a new run needs a fresh folder, --resume the saved config."""
     out = Path(cfg.out)
     saved = out / "config.json"
     if resume:
@@ -72,9 +72,14 @@ def _start_config(cfg: CnnConfig, resume: bool) -> CnnConfig:
         return CnnConfig(**json.loads(saved.read_text()))
     if saved.exists():
         raise FerliteError(f"{out}: a run already exists there; pass --resume to continue it or choose another -o")
-    out.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(asdict(cfg), indent=2))
     return cfg
+
+
+def _save_config(cfg: CnnConfig) -> None:
+    """Start the run folder, once TensorFlow and the data have loaded: a failed start leaves nothing."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
 
 def _best_so_far(history: Path) -> float | None:
@@ -139,6 +144,9 @@ def _load_compatible(path: str, cfg: CnnConfig, k: int, role: str):
 
 def train_cnn(cfg: CnnConfig, resume: bool = False, command: str = "") -> Path:
     """Train, keep the best model on the validation set, and write the reports. Returns model.keras."""
+    from ferlite.quiet import import_keras
+
+    keras = import_keras()  # first: without TensorFlow, a one-line error and no run folder
     cfg = _start_config(cfg, resume)
     out = Path(cfg.out)
     spec = PreprocessSpec(size=cfg.size)
@@ -148,12 +156,12 @@ def train_cnn(cfg: CnnConfig, resume: bool = False, command: str = "") -> Path:
         y_train = _distilled(train, y_train, cfg)
     if len(train) < cfg.batch_size:
         raise DatasetError(f"{cfg.data}: {len(train)} images, fewer than one batch of {cfg.batch_size}")
+    if not resume:
+        _save_config(cfg)
 
-    from ferlite.quiet import import_keras
     from ferlite.training.augment import batches
     from ferlite.training.progress import EpochProgress
 
-    keras = import_keras()
     keras.utils.set_random_seed(cfg.seed)
     import tensorflow as tf
 
