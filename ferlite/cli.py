@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from ferlite.config import RunConfig
+from ferlite.config import HELP, RunConfig
 from ferlite.device.detectors import HELP as DETECTOR_HELP
 from ferlite.device.service import CONFIG_PATH, STATE_DB, UNIT_DIR
 from ferlite.errors import ConfigError, FerliteError
@@ -24,8 +24,7 @@ app.add_typer(log_app, name="log")
 
 
 _RUN = RunConfig()
-DETECT_WIDTH_HELP = "Width frames are shrunk to before face detection (never enlarged), for every detector."
-MIN_FACE_HELP = "Smallest face reported, in frame pixels (box width), for every detector."
+CONFIG_HELP = "TOML file of device options (`ferlite config init`); flags given here override it."
 
 
 def _version(value: bool) -> None:
@@ -232,6 +231,7 @@ def info_cmd(
 
 @app.command("eval")
 def eval_cmd(
+    ctx: typer.Context,
     data: Annotated[str, typer.Option(help="Labelled faces: .npz, FER2013 .csv[:Usage] or a folder per class.")],
     bundle: Annotated[Path | None, typer.Argument(help="Bundle, or .keras model for float "
                                                    "(default: shipped CNN).")] = None,
@@ -251,8 +251,9 @@ def eval_cmd(
     temperature: Annotated[bool, typer.Option("--temperature/--no-temperature", help="Calibrate probabilities "
                                               "with the bundle's temperature (off: as the model gives them; "
                                               "accuracy is the same, ECE is not).")] = True,
-    detect_width: Annotated[int, typer.Option(help="With --detector: " + DETECT_WIDTH_HELP)] = _RUN.detect_width,
-    min_face: Annotated[int, typer.Option(help="With --detector: " + MIN_FACE_HELP)] = _RUN.min_face,
+    config: Annotated[Path | None, typer.Option(help="With --detector: " + CONFIG_HELP)] = None,
+    detect_width: Annotated[int, typer.Option(help="With --detector: " + HELP["detect_width"])] = _RUN.detect_width,
+    min_face: Annotated[int, typer.Option(help="With --detector: " + HELP["min_face"])] = _RUN.min_face,
 ) -> None:
     """Accuracy, macro-F1, top-2, per-class P/R/F1 and confusion matrix on labelled faces."""
     from ferlite.console import print_metrics
@@ -269,7 +270,8 @@ def eval_cmd(
     elif detector is not None:
         from ferlite.device.evaluate import evaluate_photos
 
-        metrics, details = evaluate_photos(path, data, detector, detect_width, min_face, threads=threads,
+        cfg = _device_config(ctx, config)
+        metrics, details = evaluate_photos(path, data, detector, cfg.detect_width, cfg.min_face, threads=threads,
                                            tta_flip=tta_flip, truth=truth, align=align, calibrated=temperature)
     else:
         metrics, details = evaluate_bundle(path, data, threads=threads, tta_flip=tta_flip, truth=truth,
@@ -285,6 +287,27 @@ def eval_cmd(
 
 
 
+def _given(ctx: typer.Context) -> dict:
+    """The device options typed on this command line, by RunConfig field name."""
+    from dataclasses import fields
+
+    names = {f.name for f in fields(RunConfig)}
+    given = {name: value for name, value in ctx.params.items()
+             if name in names and ctx.get_parameter_source(name).name == "COMMANDLINE"}
+    if given.get("bundle") is not None:
+        given["bundle"] = str(given["bundle"])
+    return given
+
+
+def _device_config(ctx: typer.Context, config: Path | None) -> RunConfig:
+    """The device options of a command that brings its own images (predict, eval, bench): defaults, then
+    the TOML file's, then the flags; the file's camera and source are the service's, not this command's."""
+    from ferlite.config import read_toml
+
+    values = {k: v for k, v in (read_toml(config) if config else {}).items() if k not in ("camera", "source")}
+    return RunConfig(**{**values, **_given(ctx)}).validate(needs_source=False)
+
+
 def _resolution(text: str | None) -> tuple[int | None, int | None]:
     if text is None:
         return None, None
@@ -298,44 +321,31 @@ def _resolution(text: str | None) -> tuple[int | None, int | None]:
 @app.command("run")
 def run_cmd(
     ctx: typer.Context,
-    config: Annotated[Path | None, typer.Option(help="TOML file of run options; flags given here override "
-                                                     "it.")] = None,
-    camera: Annotated[bool, typer.Option("--camera", help="The Pi camera (picamera2) if installed, "
-                                                          "else the first V4L2/USB camera.")] = False,
-    source: Annotated[str | None, typer.Option(help="Camera index, /dev/videoN, video file, image or folder "
-                                                    "of images.")] = None,
-    bundle: Annotated[Path | None, typer.Option(help="Bundle (default: the shipped CNN).")] = None,
-    detector: Annotated[str | None, typer.Option(help=DETECTOR_HELP)] = None,
-    detect_every: Annotated[int, typer.Option(help="Search whole frames every N frames; in between only near "
-                                                   "tracked faces.")] = _RUN.detect_every,
-    detect_width: Annotated[int, typer.Option(help=DETECT_WIDTH_HELP)] = _RUN.detect_width,
-    min_face: Annotated[int, typer.Option(help=MIN_FACE_HELP)] = _RUN.min_face,
+    config: Annotated[Path | None, typer.Option(help=CONFIG_HELP)] = None,
+    camera: Annotated[bool, typer.Option("--camera", help=HELP["camera"])] = _RUN.camera,
+    source: Annotated[str | None, typer.Option(help=HELP["source"])] = _RUN.source,
+    bundle: Annotated[Path | None, typer.Option(help=HELP["bundle"])] = None,
+    detector: Annotated[str | None, typer.Option(help=DETECTOR_HELP)] = _RUN.detector,
+    detect_every: Annotated[int, typer.Option(help=HELP["detect_every"])] = _RUN.detect_every,
+    detect_width: Annotated[int, typer.Option(help=HELP["detect_width"])] = _RUN.detect_width,
+    min_face: Annotated[int, typer.Option(help=HELP["min_face"])] = _RUN.min_face,
     resolution: Annotated[str | None, typer.Option(help="Camera resolution WIDTHxHEIGHT, e.g. 640x480.")] = None,
-    max_fps: Annotated[float, typer.Option(help="Frame-rate cap (0: as fast as frames come).")] = _RUN.max_fps,
-    threads: Annotated[int | None, typer.Option(help="Interpreter and OpenCV threads.")] = None,
-    threshold: Annotated[float, typer.Option(help="Below this top probability a face is flagged uncertain "
-                                                  "(its label is kept).")]
-    = _RUN.threshold,
-    smoothing: Annotated[float, typer.Option(help="Weight of the newest frame in each face's smoothed "
-                                                  "probabilities (1: none).")] = _RUN.smoothing,
-    max_missed: Annotated[int, typer.Option(help="Frames a face may go undetected before its track "
-                                                 "ends.")] = _RUN.max_missed,
-    iou: Annotated[float, typer.Option(help="Smallest box overlap (IoU) with a track's last box that continues "
-                                            "it.")] = _RUN.iou,
-    log: Annotated[str | None, typer.Option("--log", help="Results log (default: results.db, or results.jsonl "
-                                                          "with --log-format jsonl).")] = None,
-    log_format: Annotated[str, typer.Option(help="sqlite or jsonl.")] = _RUN.log_format,
-    privacy: Annotated[bool, typer.Option(help="Log only per-minute counts per label: no boxes, no "
-                                               "per-face rows.")] = False,
-    retention_days: Annotated[float, typer.Option(help="Delete results older than this.")] = _RUN.retention_days,
-    retention_mb: Annotated[float, typer.Option(help="Keep the log under this size, oldest results "
-                                                     "deleted first.")] = _RUN.retention_mb,
-    save_faces: Annotated[str | None, typer.Option(help="Write each logged face crop as PNG here (the only "
-                                                        "way face pixels reach the disk).")] = None,
-    preview: Annotated[bool, typer.Option(help="Show a window with boxes and labels (needs a display).")] = False,
-    bars: Annotated[bool, typer.Option("--bars", help="Preview: draw each face's probabilities as bars.")] = False,
-    status: Annotated[bool, typer.Option(help="Live status line on a terminal.")] = True,
-    max_frames: Annotated[int, typer.Option(help="Stop after this many frames (0: no limit).")] = 0,
+    max_fps: Annotated[float, typer.Option(help=HELP["max_fps"])] = _RUN.max_fps,
+    threads: Annotated[int | None, typer.Option(help=HELP["threads"])] = _RUN.threads,
+    threshold: Annotated[float, typer.Option(help=HELP["threshold"])] = _RUN.threshold,
+    smoothing: Annotated[float, typer.Option(help=HELP["smoothing"])] = _RUN.smoothing,
+    max_missed: Annotated[int, typer.Option(help=HELP["max_missed"])] = _RUN.max_missed,
+    iou: Annotated[float, typer.Option(help=HELP["iou"])] = _RUN.iou,
+    log: Annotated[str | None, typer.Option("--log", help=HELP["log"])] = _RUN.log,
+    log_format: Annotated[str, typer.Option(help=HELP["log_format"])] = _RUN.log_format,
+    privacy: Annotated[bool, typer.Option(help=HELP["privacy"])] = _RUN.privacy,
+    retention_days: Annotated[float, typer.Option(help=HELP["retention_days"])] = _RUN.retention_days,
+    retention_mb: Annotated[float, typer.Option(help=HELP["retention_mb"])] = _RUN.retention_mb,
+    save_faces: Annotated[str | None, typer.Option(help=HELP["save_faces"])] = _RUN.save_faces,
+    preview: Annotated[bool, typer.Option(help=HELP["preview"])] = _RUN.preview,
+    bars: Annotated[bool, typer.Option("--bars", help=HELP["bars"])] = _RUN.bars,
+    status: Annotated[bool, typer.Option(help=HELP["status"])] = _RUN.status,
+    max_frames: Annotated[int, typer.Option(help=HELP["max_frames"])] = _RUN.max_frames,
 ) -> None:
     """Detect, classify and track faces from a camera, video or images, logging results locally."""
     import logging
@@ -343,10 +353,7 @@ def run_cmd(
     from ferlite.config import build_config
     from ferlite.device.run import run
 
-    given = {name: value for name, value in ctx.params.items()
-             if ctx.get_parameter_source(name).name == "COMMANDLINE" and name not in ("config", "resolution")}
-    if "bundle" in given:
-        given["bundle"] = str(bundle)
+    given = _given(ctx)
     if resolution is not None:
         given["width"], given["height"] = _resolution(resolution)
     cfg = build_config(config, given)
@@ -362,21 +369,20 @@ def run_cmd(
 
 @app.command("predict")
 def predict_cmd(
+    ctx: typer.Context,
     images: Annotated[list[Path], typer.Argument(metavar="IMAGE_OR_FOLDER", help="Photos, or folders of them, "
                                                  "to classify every detected face in.")],
-    bundle: Annotated[Path | None, typer.Option(help="Bundle (default: the shipped CNN).")] = None,
+    config: Annotated[Path | None, typer.Option(help=CONFIG_HELP)] = None,
+    bundle: Annotated[Path | None, typer.Option(help=HELP["bundle"])] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
     annotate: Annotated[Path | None, typer.Option(help="Write each photo with boxes and labels drawn "
                                                        "into this folder.")] = None,
-    bars: Annotated[bool, typer.Option("--bars", help="--annotate: draw each face's probabilities as "
-                                                      "bars.")] = False,
-    detector: Annotated[str | None, typer.Option(help=DETECTOR_HELP)] = None,
-    min_face: Annotated[int, typer.Option(help=MIN_FACE_HELP)] = _RUN.min_face,
-    detect_width: Annotated[int, typer.Option(help=DETECT_WIDTH_HELP)] = _RUN.detect_width,
-    threshold: Annotated[float, typer.Option(help="Below this top probability a face is flagged uncertain "
-                                                  "(its label is kept).")]
-    = _RUN.threshold,
-    threads: Annotated[int | None, typer.Option(help="Interpreter and OpenCV threads.")] = None,
+    bars: Annotated[bool, typer.Option("--bars", help=HELP["bars"])] = _RUN.bars,
+    detector: Annotated[str | None, typer.Option(help=DETECTOR_HELP)] = _RUN.detector,
+    min_face: Annotated[int, typer.Option(help=HELP["min_face"])] = _RUN.min_face,
+    detect_width: Annotated[int, typer.Option(help=HELP["detect_width"])] = _RUN.detect_width,
+    threshold: Annotated[float, typer.Option(help=HELP["threshold"])] = _RUN.threshold,
+    threads: Annotated[int | None, typer.Option(help=HELP["threads"])] = _RUN.threads,
 ) -> None:
     """Classify the faces in photos: a table, or JSON with one result per detected face."""
     import cv2
@@ -395,16 +401,17 @@ def predict_cmd(
     if missing:
         raise SourceError(f"no such image or folder: {', '.join(missing)}")
     images = [f for p in images for f in (image_files(p) if p.is_dir() else [p])]
-    predictor = Predictor(read_bundle(_bundle_path(bundle)), threads)
-    step = FaceStep(make_detector(chosen_detector(predictor.bundle.manifest.options, detector), detect_width,
-                                  min_face, threads), predictor)
+    cfg = _device_config(ctx, config)
+    predictor = Predictor(read_bundle(_bundle_path(cfg.bundle)), cfg.threads)
+    step = FaceStep(make_detector(chosen_detector(predictor.bundle.manifest.options, cfg.detector),
+                                  cfg.detect_width, cfg.min_face, cfg.threads), predictor)
     records = []
     for path in images:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
             records.append({"image": str(path), "faces": [], "error": "unreadable image"})
             continue
-        results = predict_photo(image, step, threshold)
+        results = predict_photo(image, step, cfg.threshold)
         records.append({"image": str(path), "faces": [{"face": r.track, "box": list(r.box), "label": r.label,
                                                        "confidence": round(r.confidence, 4),
                                                        "uncertain": r.uncertain, "probs": r.probs}
@@ -412,7 +419,7 @@ def predict_cmd(
         if annotate is not None:
             annotate.mkdir(parents=True, exist_ok=True)
             written = annotate / f"{path.stem}.annotated.png"
-            cv2.imwrite(str(written), draw(image, results, bars))
+            cv2.imwrite(str(written), draw(image, results, cfg.bars))
             wrote(written)
     print_predictions(records, json_out)
     if any(rec.get("error") for rec in records):
@@ -421,13 +428,16 @@ def predict_cmd(
 
 @app.command("bench")
 def bench_cmd(
-    bundle: Annotated[Path | None, typer.Option(help="Bundle (default: the shipped CNN).")] = None,
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option(help=CONFIG_HELP)] = None,
+    bundle: Annotated[Path | None, typer.Option(help=HELP["bundle"])] = None,
     source: Annotated[str | None, typer.Option(help="Video, image or folder of images, looped as needed "
                                                     "(default: the test clip tests/fixtures/clip.avi).")] = None,
-    detector: Annotated[str | None, typer.Option(help=DETECTOR_HELP)] = None,
-    threads: Annotated[int | None, typer.Option(help="Interpreter and OpenCV threads.")] = None,
-    detect_every: Annotated[int, typer.Option(help="Search whole frames every N frames; in between only near "
-                                                   "tracked faces.")] = _RUN.detect_every,
+    detector: Annotated[str | None, typer.Option(help=DETECTOR_HELP)] = _RUN.detector,
+    threads: Annotated[int | None, typer.Option(help=HELP["threads"])] = _RUN.threads,
+    detect_every: Annotated[int, typer.Option(help=HELP["detect_every"])] = _RUN.detect_every,
+    detect_width: Annotated[int, typer.Option(help=HELP["detect_width"])] = _RUN.detect_width,
+    min_face: Annotated[int, typer.Option(help=HELP["min_face"])] = _RUN.min_face,
     frames: Annotated[int, typer.Option(help="Frames (model-only: calls) measured after the warm-up.")] = 300,
     warmup: Annotated[int, typer.Option(help="Frames (model-only: calls) run before measuring.")] = 20,
     model_only: Annotated[bool, typer.Option("--model-only", help="Time the bundle alone on real faces from "
@@ -441,8 +451,9 @@ def bench_cmd(
 
     if keras is not None and not model_only:
         raise ConfigError("--keras compares float with int8 inference: add --model-only")
-    cfg = RunConfig(source=source or str(default_source()), bundle=str(bundle) if bundle else None,
-                    detector=detector, threads=threads, detect_every=detect_every)
+    from dataclasses import replace
+
+    cfg = replace(_device_config(ctx, config), source=source or str(default_source()))
     if model_only:
         float_model = None
         if keras is not None:  # converted here, the top of the house: the device never imports TensorFlow
@@ -515,15 +526,10 @@ app.add_typer(service_app, name="service")
 
 
 def _default_config_text() -> str:
-    """The commented default config, its comments taken from `ferlite run --help` (one source of truth)."""
+    """The commented default config, its comments the options' own help (RunConfig, one source of truth)."""
     from ferlite.config import default_toml
 
-    command = typer.main.get_command(app).get_command(None, "run")
-    helps = {p.name: p.help for p in command.params if getattr(p, "help", None)}
-    helps.pop("resolution", None)
-    helps["width"] = "Camera width in pixels, with height (on the command line: --resolution WIDTHxHEIGHT)."
-    helps["height"] = "Camera height in pixels, with width (on the command line: --resolution WIDTHxHEIGHT)."
-    return default_toml(helps)
+    return default_toml({"detector": DETECTOR_HELP})
 
 
 @config_app.command("init")

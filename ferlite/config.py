@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 import typing
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ferlite.errors import ConfigError
@@ -12,38 +12,47 @@ from ferlite.errors import ConfigError
 LOG_FORMATS = ("sqlite", "jsonl")
 
 
+def _option(default: object, text: str):
+    return field(default=default, metadata={"help": text})
+
+
 @dataclass
 class RunConfig:
-    """Options of `ferlite run`; see `ferlite run --help` for each one's meaning.
+    """Every device option, with its default and its help: `ferlite run`, `predict`, `bench` and `eval
+    --detector` take their flags from here, `config init` its comments, the service its TOML keys.
 
     Only simple types (str, int, float, bool, None), so a TOML table maps onto it field by field.
     """
 
-    camera: bool = False
-    source: str | None = None
-    bundle: str | None = None
-    width: int | None = None
-    height: int | None = None
-    max_fps: float = 0.0
-    detector: str | None = None
-    detect_every: int = 5
-    detect_width: int = 480
-    min_face: int = 24
-    threads: int | None = None
-    threshold: float = 0.4
-    smoothing: float = 0.5
-    iou: float = 0.3
-    max_missed: int = 5
-    log: str | None = None
-    log_format: str = "sqlite"
-    privacy: bool = False
-    retention_days: float = 30.0
-    retention_mb: float = 512.0
-    save_faces: str | None = None
-    preview: bool = False
-    bars: bool = False
-    status: bool = True
-    max_frames: int = 0
+    camera: bool = _option(False, "The Pi camera (picamera2) if installed, else the first V4L2/USB camera.")
+    source: str | None = _option(None, "Camera index, /dev/videoN, video file, image or folder of images.")
+    bundle: str | None = _option(None, "Bundle file, or a shipped bundle's name: cnn (the default), landmark-svm.")
+    width: int | None = _option(None, "Camera width in pixels, with height (on the command line: --resolution "
+                                      "WIDTHxHEIGHT).")
+    height: int | None = _option(None, "Camera height in pixels, with width (on the command line: --resolution "
+                                       "WIDTHxHEIGHT).")
+    max_fps: float = _option(0.0, "Frame-rate cap (0: as fast as frames come).")
+    detector: str | None = _option(None, "Face detector (default: the bundle's, else yunet).")
+    detect_every: int = _option(5, "Search whole frames every N frames; in between only near tracked faces.")
+    detect_width: int = _option(480, "Width frames are shrunk to before face detection (never enlarged), for "
+                                     "every detector.")
+    min_face: int = _option(24, "Smallest face reported, in frame pixels (box width), for every detector.")
+    threads: int | None = _option(None, "Interpreter and OpenCV threads.")
+    threshold: float = _option(0.4, "Below this top probability a face is flagged uncertain (its label is kept).")
+    smoothing: float = _option(0.5, "Weight of the newest frame in each face's smoothed probabilities (1: none).")
+    iou: float = _option(0.3, "Smallest box overlap (IoU) with a track's last box that continues it.")
+    max_missed: int = _option(5, "Frames a face may go undetected before its track ends.")
+    log: str | None = _option(None, "Results log (default: results.db, or results.jsonl with --log-format jsonl).")
+    log_format: str = _option("sqlite", "sqlite or jsonl.")
+    privacy: bool = _option(False, "Log only per-minute counts per label: no boxes, no per-face rows.")
+    retention_days: float = _option(30.0, "Delete results older than this.")
+    retention_mb: float = _option(512.0, "Keep the log under this size, oldest results deleted first.")
+    save_faces: str | None = _option(None, "Write each logged face crop as PNG here (the only way face pixels "
+                                           "reach the disk).")
+    preview: bool = _option(False, "Show a window with boxes and labels (needs a display).")
+    bars: bool = _option(False, "Preview and annotations: draw each face's probabilities as bars.")
+    status: bool = _option(True, "Live status line on a terminal.")
+    max_frames: int = _option(0, "Stop after this many frames (0: no limit).")
 
     def log_path(self) -> str:
         """The results log, `results.db` or `results.jsonl` by format unless given."""
@@ -54,9 +63,10 @@ class RunConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def validate(self) -> RunConfig:
-        """Raise ConfigError for the first option out of range; returns self for chaining."""
-        if self.camera == (self.source is not None):
+    def validate(self, needs_source: bool = True) -> RunConfig:
+        """Raise ConfigError for the first option out of range; returns self for chaining. `needs_source`
+        False: a command that brings its own images (predict, eval) takes no camera or source."""
+        if needs_source and self.camera == (self.source is not None):
             raise ConfigError("give exactly one of --camera or --source")
         checks = [
             (self.log_format in LOG_FORMATS, f"unknown log format {self.log_format!r} "
@@ -114,14 +124,19 @@ def read_toml(path: str | Path) -> dict:
     return data
 
 
-def build_config(file: str | Path | None, flags: dict) -> RunConfig:
+HELP = {f.name: f.metadata["help"] for f in fields(RunConfig)}
+
+
+def build_config(file: str | Path | None, flags: dict, needs_source: bool = True) -> RunConfig:
     """Defaults, overridden by the TOML file, overridden by the flags given on the command line."""
     values = read_toml(file) if file else {}
-    return RunConfig(**{**values, **flags}).validate()
+    return RunConfig(**{**values, **flags}).validate(needs_source)
 
 
-def default_toml(helps: dict[str, str]) -> str:
-    """A commented TOML file listing every option at its default; `helps` maps field names to help text."""
+def default_toml(helps: dict[str, str] | None = None) -> str:
+    """A commented TOML file listing every option at its default, each under its help (`helps`
+    overrides some, e.g. with the names of the installed detectors)."""
+    helps = {**HELP, **(helps or {})}
     lines = ["# ferlite run options. Flags given on the command line override these.",
              "# Keys are `ferlite run --help` options with '_' for '-'; uncomment a line to change it.", ""]
     for f in fields(RunConfig):

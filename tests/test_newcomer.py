@@ -155,3 +155,22 @@ def test_training_speaks_in_epochs_not_tensorflow_logs(tmp_path):
                             capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert [line for line in result.stderr.splitlines() if not line.startswith("epoch")] == []
+
+
+def test_predict_bench_and_eval_read_the_device_config(tmp_path):
+    """The service's TOML (camera on, Haar, a larger smallest face) steers predict, bench and eval
+    --detector too; its camera is the service's, not theirs."""
+    config = tmp_path / "ferlite.toml"
+    config.write_text('camera = true\ndetector = "haar"\nmin_face = 200\n')
+    predicted = ferlite("predict", ASTRONAUT, "--config", config, "--json", cwd=tmp_path)
+    assert predicted.returncode == 0, predicted.stderr
+    assert json.loads(predicted.stdout)[0]["faces"] == []  # her face is about 100 px, under min_face
+    flag_wins = ferlite("predict", ASTRONAUT, "--config", config, "--min-face", "40", "--json", cwd=tmp_path)
+    assert len(json.loads(flag_wins.stdout)[0]["faces"]) == 1
+    bench = ferlite("bench", "--config", config, "--min-face", "40", "--frames", "5", "--warmup", "1", "--json",
+                    cwd=tmp_path)
+    assert bench.returncode == 0, bench.stderr
+    assert json.loads(bench.stdout)["detector"] == "haar"
+    evaluated = ferlite("eval", "--data", FIXTURES / "jaffe_mini.npz", "--detector", "yunet", "--config", config,
+                        "--json", cwd=tmp_path)
+    assert one_line_error(evaluated, "finds no face in any image")  # min_face 200 from the file
