@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from ferlite.config import RunConfig
-from ferlite.device.pipeline import Pipeline, Stats
+from ferlite.device.pipeline import Stats
 from ferlite.device.sources import BadFrameError, Frame, FrameSource, open_source
 from ferlite.errors import ConfigError, SourceError
+from ferlite.inputs import KINDS
 from ferlite.runtime import Predictor
 
 STAGES = ("capture", "detect", "preprocess", "inference", "track", "log", "frame")
@@ -112,7 +113,8 @@ class Looped:
 
 
 class Recorder:
-    """Stage clocks plus the pipeline hooks that start the measurement once the warm-up frames are done."""
+    """The pipeline's hooks: after the warm-up frames, each frame's latency and the per-stage times the
+    pipeline records in its stats; and the time from process start to the first frame with a face."""
 
     def __init__(self, warmup: int) -> None:
         self.warmup = warmup
@@ -121,28 +123,6 @@ class Recorder:
         self.start = self.end = 0.0
         self.detections_at_start = 0
         self._last_frame = 0.0
-
-    def wrap(self, obj: object, method: str, stage: str, when: Callable[[tuple], bool] | None = None) -> None:
-        """Replace obj.method by a timed call recording into `stage` (only calls for which `when(args)` holds)."""
-        inner = getattr(obj, method)
-        samples = self.samples[stage]
-
-        def timed(*args, **kwargs):
-            started = time.perf_counter()
-            result = inner(*args, **kwargs)
-            if when is None or when(args):
-                samples.append(time.perf_counter() - started)
-            return result
-
-        setattr(obj, method, timed)
-
-    def predicted(self, args: tuple) -> bool:
-        """True for an inference call with faces; the first one also fixes the time to first prediction."""
-        if not len(args[0]):
-            return False
-        if self.first_prediction is None:
-            self.first_prediction = process_age()
-        return True
 
     def begin(self, stats: Stats) -> None:
         """Start measuring now: what the warm-up frames recorded (first calls, caches) is dropped."""
@@ -157,26 +137,19 @@ class Recorder:
     def frame(self, stats: Stats) -> None:
         """Called after each processed frame: the time since the previous one is that frame's latency."""
         now = time.perf_counter()
+        if stats.faces and self.first_prediction is None:
+            self.first_prediction = process_age()
         if stats.frames == self.warmup:
             self.begin(stats)
             return
         if stats.frames > self.warmup:
+            for stage, seconds in stats.stage_s.items():
+                self.samples[stage].append(seconds)
             self.samples["frame"].append(now - self._last_frame)
             self._last_frame = self.end = now
 
     def stopping(self, stats: Stats) -> None:
         """The loop has ended; the figures are read from the recorder afterwards."""
-
-
-def instrument(pipeline: Pipeline, recorder: Recorder, reopen: Callable[[], FrameSource]) -> None:
-    """Loop the pipeline's source and put a clock on each stage's working method."""
-    pipeline.source = Looped(pipeline.source, reopen)
-    recorder.wrap(pipeline.source, "read", "capture")
-    recorder.wrap(pipeline, "find_faces", "detect")
-    recorder.wrap(pipeline, "inputs", "preprocess", lambda args: bool(args[1]))
-    recorder.wrap(pipeline.predictor, "predict", "inference", recorder.predicted)
-    recorder.wrap(pipeline.tracker, "update", "track")
-    recorder.wrap(pipeline.results, "write", "log")
 
 
 def bench_pipeline(cfg: RunConfig, frames: int, warmup: int) -> dict:
@@ -191,7 +164,7 @@ def bench_pipeline(cfg: RunConfig, frames: int, warmup: int) -> dict:
                       preview=False, save_faces=None)
         pipeline = build(cfg, recorder)
         size = (cfg.width, cfg.height) if cfg.width and cfg.height else None
-        instrument(pipeline, recorder, lambda: open_source(str(cfg.source), size))
+        pipeline.source = Looped(pipeline.source, lambda: open_source(str(cfg.source), size))
         if warmup == 0:
             recorder.begin(pipeline.stats)
         stats = pipeline.run()
@@ -270,7 +243,7 @@ def predictor_inputs(predictor: Predictor, faces: np.ndarray) -> np.ndarray:
     """The interpreter's input tensors for `faces` (N, S, S), quantized as Predictor.predict does."""
     from ferlite.preprocess import quantize
 
-    x = faces[..., None] if predictor.bundle.manifest.kind == "cnn" else faces
+    x = KINDS[predictor.bundle.manifest.kind].tensor(faces)
     return quantize(x, predictor.input.dtype, predictor.input.scale, predictor.input.zero_point)
 
 

@@ -45,6 +45,20 @@ class Stats:
     faces: int = 0
     fps: float = 0.0
     labels: list[str] = field(default_factory=list)
+    stage_s: dict[str, float] = field(default_factory=dict)  # the last frame's seconds per stage
+
+
+class _Clock:
+    """Seconds per stage of one frame, in the order they ran."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.stages[stage] = now - self._last
+        self._last = now
 
 
 class Hooks(Protocol):
@@ -177,6 +191,7 @@ class Pipeline:
         failures = 0
         while not self._stopping and not (self.cfg.max_frames and self.stats.frames >= self.cfg.max_frames):
             started = time.monotonic()
+            clock = _Clock()
             try:
                 frame = self.source.read()
             except CameraReadError as exc:
@@ -196,7 +211,8 @@ class Pipeline:
                 failures = 0
             if frame is None:
                 break
-            if not self._process(frame):
+            clock.lap("capture")
+            if not self._process(frame, clock):
                 continue
             if self.stats.frames == 1:
                 self.hooks.ready(self.stats)
@@ -226,11 +242,9 @@ class Pipeline:
         seen = sum(t.missed == 0 for t in self.tracker.tracks)
         return near if len(near) >= seen else self.step.find(image)
 
-    def inputs(self, image: np.ndarray, faces: list[Face]) -> np.ndarray:
-        """The model inputs for this frame's faces; a method of its own so `ferlite bench` can time it."""
-        return self.step.inputs(image, faces)
-
-    def _process(self, frame: Frame) -> bool:
+    def _process(self, frame: Frame, clock: _Clock) -> bool:
+        """One frame through the stages, each one's time in `clock` (`ferlite bench` reads them from the stats;
+        preprocess and inference only count for frames with faces)."""
         import cv2
 
         image = frame.image
@@ -239,15 +253,24 @@ class Pipeline:
             return False
         try:
             faces = self.find_faces(image)
-            probs = self.predictor.predict(self.inputs(image, faces))
+            clock.lap("detect")
+            inputs = self.step.inputs(image, faces)
+            clock.lap("preprocess")
+            probs = self.predictor.predict(inputs)
+            clock.lap("inference")
         except cv2.error as exc:
             self._skip(f"frame {frame.number}: {str(exc).strip().splitlines()[-1]}")
             return False
+        if not faces:
+            del clock.stages["preprocess"], clock.stages["inference"]
         labels = self.predictor.labels
         results = []
         for track in self.tracker.update([f.box for f in faces], probs):
             results.append(classify(track.id, track.box, track.probs, labels, self.cfg.threshold))
+        clock.lap("track")
         self.results.write(frame.number, frame.time, results)
+        clock.lap("log")
+        self.stats.stage_s = clock.stages
         if self._save_dir:
             self._save_faces(frame, results)
         self._count(results)

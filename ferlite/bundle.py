@@ -18,7 +18,6 @@ from pathlib import Path
 from ferlite.errors import BundleError
 
 FORMAT = 1
-KINDS = ("cnn", "landmark-svm")
 MANIFEST = "manifest.json"
 MODEL = "model.tflite"
 
@@ -82,6 +81,8 @@ class Manifest:
         return manifest
 
     def validate(self, where: str) -> None:
+        from ferlite.inputs import KINDS
+
         if self.kind not in KINDS:
             raise BundleError(f"{where}: unknown model kind {self.kind!r} (known: {', '.join(KINDS)})")
         if not self.labels or not all(isinstance(n, str) for n in self.labels):

@@ -1,19 +1,24 @@
 """Model inputs for a bundle's kind: face crops for `cnn`, landmark features for `landmark-svm`.
 
-The device, `ferlite predict`, `ferlite eval` and `ferlite convert` call these functions, so each
-kind prepares faces in exactly one way wherever it runs. A face whose landmarks cannot be fitted
-gets a row of NaN features; the Predictor answers it with uniform probabilities (see
-ferlite.runtime.predict_features), so every box keeps its result and nothing crashes.
+`KINDS` is the one registry of model kinds: how each turns detected faces and dataset crops into
+inputs, and inputs into the interpreter's tensor. The device, `ferlite predict`, `eval` and
+`convert` go through it, so each kind prepares faces in exactly one way wherever it runs. A face
+whose landmarks cannot be fitted gets a row of NaN features; the Predictor answers it with uniform
+probabilities (ferlite.runtime.predict_features), so every box keeps its result and nothing crashes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ferlite.bundle import Manifest
 from ferlite.preprocess import PreprocessSpec, crop_face, fit_images
+
+if TYPE_CHECKING:
+    from ferlite.bundle import Manifest
 
 Box = tuple[int, int, int, int]
 
@@ -61,15 +66,48 @@ def dataset_landmarks(preprocess: dict, images: np.ndarray, landmarks: str | Non
     return [fitter.fit_image(img) for img in progress(images, "landmarks")]
 
 
+def _cnn_faces(preprocess: dict, gray: np.ndarray, faces: list[Face], detector: str) -> np.ndarray:
+    spec = PreprocessSpec.from_dict(preprocess)
+    if not faces:
+        return np.zeros((0, spec.size, spec.size), np.uint8)
+    return np.stack([crop_face(gray, f.box, f.landmarks, spec, detector) for f in faces])
+
+
+def _landmark_faces(preprocess: dict, gray: np.ndarray, faces: list[Face], detector: str) -> np.ndarray:
+    fitter = _landmarker(preprocess)
+    return landmark_inputs(preprocess, [gray] * len(faces), [fitter.fit(gray, f.box) for f in faces])
+
+
+def _cnn_crops(preprocess: dict, images: np.ndarray, landmarks: str | None) -> np.ndarray:
+    return fit_images(images, PreprocessSpec.from_dict(preprocess))
+
+
+def _landmark_crops(preprocess: dict, images: np.ndarray, landmarks: str | None) -> np.ndarray:
+    return landmark_inputs(preprocess, list(images), dataset_landmarks(preprocess, images, landmarks))
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What a model kind needs: its inputs from detected faces and from dataset crops, and whether they
+    are images (a channel axis added for the interpreter; flip averaging applies) or feature rows."""
+
+    faces: Callable[[dict, np.ndarray, list[Face], str], np.ndarray]
+    crops: Callable[[dict, np.ndarray, str | None], np.ndarray]
+    images: bool
+
+    def tensor(self, inputs: np.ndarray) -> np.ndarray:
+        return inputs[..., None] if self.images else inputs
+
+
+KINDS = {
+    "cnn": Kind(_cnn_faces, _cnn_crops, images=True),
+    "landmark-svm": Kind(_landmark_faces, _landmark_crops, images=False),
+}
+
+
 def face_inputs(manifest: Manifest, gray: np.ndarray, faces: list[Face], detector: str) -> np.ndarray:
     """Inputs for each face found by `detector` in a grayscale frame, framed by that detector's recipe."""
-    if manifest.kind == "cnn":
-        spec = PreprocessSpec.from_dict(manifest.preprocess)
-        if not faces:
-            return np.zeros((0, spec.size, spec.size), np.uint8)
-        return np.stack([crop_face(gray, f.box, f.landmarks, spec, detector) for f in faces])
-    fitter = _landmarker(manifest.preprocess)
-    return landmark_inputs(manifest.preprocess, [gray] * len(faces), [fitter.fit(gray, f.box) for f in faces])
+    return KINDS[manifest.kind].faces(manifest.preprocess, gray, faces, detector)
 
 
 def dataset_inputs(manifest: Manifest, images: np.ndarray) -> np.ndarray:
@@ -79,7 +117,4 @@ def dataset_inputs(manifest: Manifest, images: np.ndarray) -> np.ndarray:
 
 def images_inputs(kind: str, preprocess: dict, images: np.ndarray, landmarks: str | None = None) -> np.ndarray:
     """dataset_inputs before a manifest exists (conversion); `landmarks` overrides the landmark model path."""
-    if kind == "cnn":
-        return fit_images(images, PreprocessSpec.from_dict(preprocess))
-    return landmark_inputs(preprocess, list(images), dataset_landmarks(preprocess, images, landmarks))
-
+    return KINDS[kind].crops(preprocess, images, landmarks)

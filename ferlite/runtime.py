@@ -14,6 +14,7 @@ import numpy as np
 from ferlite.bundle import Bundle
 from ferlite.calibration import apply_temperature
 from ferlite.errors import BundleError, RuntimeMissingError
+from ferlite.inputs import KINDS
 from ferlite.preprocess import quantize
 
 RUNTIMES = (
@@ -100,11 +101,11 @@ class Predictor:
         feature vectors (N, F) for a `landmark-svm` bundle (NaN rows, failed landmarks: uniform)."""
         if len(inputs) == 0:
             return np.zeros((0, len(self.labels)), np.float32)
-        image = self.bundle.manifest.kind == "cnn"
-        if not image and not np.isfinite(inputs).all():
+        kind = KINDS[self.bundle.manifest.kind]
+        if not kind.images and not np.isfinite(inputs).all():
             return predict_features(inputs, self.predict, len(self.labels))
-        x = quantize(inputs[..., None] if image else inputs, self.input.dtype, self.input.scale, self.input.zero_point)
-        if self.tta_flip and image:
+        x = quantize(kind.tensor(inputs), self.input.dtype, self.input.scale, self.input.zero_point)
+        if self.tta_flip and kind.images:
             out = self._invoke(np.concatenate([x, x[:, :, ::-1]]))
             out = (out[: len(x)] + out[len(x):]) / 2
         else:
