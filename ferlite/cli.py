@@ -549,7 +549,9 @@ def config_init_cmd(
         path.write_text(text)
     except PermissionError:
         raise FerliteError(f"{path}: permission denied (sudo, or give another path)") from None
-    typer.echo(f"wrote {path}")
+    from ferlite.console import wrote
+
+    wrote(path)
 
 
 @service_app.command("install")

@@ -32,7 +32,7 @@ class RunConfig:
     height: int | None = _option(None, "Camera height in pixels, with width (on the command line: --resolution "
                                        "WIDTHxHEIGHT).")
     max_fps: float = _option(0.0, "Frame-rate cap (0: as fast as frames come).")
-    detector: str | None = _option(None, "Face detector (default: the bundle's, else yunet).")
+    detector: str | None = _option(None, "Face detector (`ferlite run --help` lists them; default: the bundle's).")
     detect_every: int = _option(5, "Search whole frames every N frames; in between only near tracked faces.")
     detect_width: int = _option(480, "Width frames are shrunk to before face detection (never enlarged), for "
                                      "every detector.")
