@@ -17,7 +17,7 @@ class DlibDetector:
     """The frame is scaled to `width` and further so that `min_face` becomes the 80 px window (never
     enlarged: upsampling costs too much on a Pi, so faces under 80 detected pixels are not found)."""
 
-    name = "dlib"
+    name = __name__.rpartition(".")[2]  # the registry's key: this module's name
 
     def __init__(self, width: int, min_face: int) -> None:
         try:

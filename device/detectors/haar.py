@@ -13,7 +13,7 @@ from ferlite.preprocess import to_gray
 
 
 class HaarDetector:
-    name = "haar"
+    name = __name__.rpartition(".")[2]  # the registry's key: this module's name
 
     def __init__(self, width: int, min_face: int, neighbors: int = 5) -> None:
         import cv2

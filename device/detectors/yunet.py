@@ -19,7 +19,7 @@ NETS = 8  # input sizes kept ready
 
 
 class YuNetDetector:
-    name = "yunet"
+    name = __name__.rpartition(".")[2]  # the registry's key: this module's name
 
     def __init__(self, width: int, min_face: int, model: Path = MODEL) -> None:
         self.model, self.width, self.min_face = model, width, min_face
