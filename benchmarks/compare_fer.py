@@ -5,7 +5,8 @@ their own virtual environments, see benchmarks/README.md:
 
     .venv/bin/python benchmarks/compare_fer.py [--bundle B] [--rounds 3] [--only speed,accuracy,runtimes]
 
-speed:     the real head-pose clip resized to 640x360 (into a temporary folder), looped through
+speed:     the annotated multi-face clip of benchmarks/scenes.py (or --video V resized to 640x360),
+           written into a temporary folder, looped through
            `ferlite bench` and through fer's `FER(mtcnn=False).detect_emotions` frame by frame,
            both pinned to one core, runs interleaved (ferlite, fer, ferlite, fer, ...). Also whole
            processes: `ferlite run` over one pass of the video against fer over the same frames
@@ -33,7 +34,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VIDEO = Path("/work/shared/data/video/intel_head_pose_male.avi")
 PUBLIC_TEST = Path("/work/shared/data/fer2013/public_test.npz")
 FER_PYTHON = Path("/tmp/fervenv/bin/python")
 TFLITE_PYTHON = Path("/tmp/tflitevenv/bin/python")
