@@ -188,19 +188,30 @@ class ImageFiles:
         self._n = 0
 
     def read(self) -> Frame | None:
-        import cv2
-
         if self._n >= len(self._paths):
             return None
         path = self._paths[self._n]
         self._n += 1
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if not _valid(image):
-            raise BadFrameError(f"{path}: unreadable image")
-        return Frame(image, self._n - 1, time.time(), path.name)
+        return Frame(read_image(path), self._n - 1, time.time(), path.name)
 
     def close(self) -> None:
         """Nothing to release: each image is opened and closed as it is read."""
+
+
+def read_image(path: Path) -> np.ndarray:
+    """A photo as BGR, or a BadFrameError with one line: unreadable, or claiming more pixels than
+    ferlite.MAX_IMAGE_PIXELS (OpenCV refuses those before decoding anything)."""
+    import cv2
+
+    from ferlite import MAX_IMAGE_PIXELS
+
+    try:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    except cv2.error:
+        raise BadFrameError(f"{path}: image too large (over {MAX_IMAGE_PIXELS:,} pixels)") from None
+    if not _valid(image):
+        raise BadFrameError(f"{path}: unreadable image")
+    return image
 
 
 def is_image(path: Path) -> bool:

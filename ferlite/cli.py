@@ -393,7 +393,7 @@ def predict_cmd(
     from ferlite.device.faces import FaceStep
     from ferlite.device.logview import predict_photo, print_predictions
     from ferlite.device.pipeline import annotate as draw
-    from ferlite.device.sources import image_files
+    from ferlite.device.sources import BadFrameError, image_files, read_image
     from ferlite.errors import SourceError
     from ferlite.runtime import Predictor
 
@@ -407,9 +407,10 @@ def predict_cmd(
                                   cfg.detect_width, cfg.min_face, cfg.threads), predictor)
     records = []
     for path in images:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            records.append({"image": str(path), "faces": [], "error": "unreadable image"})
+        try:
+            image = read_image(path)
+        except BadFrameError as exc:
+            records.append({"image": str(path), "faces": [], "error": str(exc).split(": ", 1)[-1]})
             continue
         results = predict_photo(image, step, cfg.threshold)
         records.append({"image": str(path), "faces": [{"face": r.track, "box": list(r.box), "label": r.label,

@@ -174,3 +174,31 @@ def test_predict_bench_and_eval_read_the_device_config(tmp_path):
     evaluated = ferlite("eval", "--data", FIXTURES / "jaffe_mini.npz", "--detector", "yunet", "--config", config,
                         "--json", cwd=tmp_path)
     assert one_line_error(evaluated, "finds no face in any image")  # min_face 200 from the file
+
+
+def png_claiming(width: int, height: int, path: Path) -> Path:
+    """A tiny PNG whose header claims width x height pixels (one row of data): what an attacker sends."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * (width + 1)))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_an_image_claiming_too_many_pixels_is_refused_before_decoding(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    png_claiming(100_000, 100_000, folder / "a_huge.png")  # 177 bytes claiming 10^10 pixels
+    png_claiming(9_000, 9_000, folder / "b_big.png")  # 81 M pixels: 243 MB decoded
+    shutil.copy(ASTRONAUT, folder / "c.jpg")
+    predicted = ferlite("predict", folder, "--json", cwd=tmp_path)
+    assert predicted.returncode == 1  # some photos could not be used
+    huge, big, ok = json.loads(predicted.stdout)
+    assert huge["error"] == big["error"] == "image too large (over 40,000,000 pixels)" and len(ok["faces"]) == 1
+    run = ferlite("run", "--source", folder, "--log", "r.db", cwd=tmp_path)
+    assert run.returncode == 0 and "run 1: 1 frames, 2 skipped" in run.stderr and "Traceback" not in run.stderr
