@@ -45,6 +45,28 @@ def ferlite_executable() -> Path:
     return Path(found).resolve()
 
 
+# What the unit's ProtectHome=yes makes inaccessible to the service (systemd.exec(5)).
+HIDDEN = (Path("/home"), Path("/root"), Path("/run/user"))
+VENV = Path("/opt/ferlite-venv")  # where docs/raspberry-pi.md puts the service's venv
+
+
+def check_reachable(executable: Path) -> None:
+    """Fail with one line when the unit could not start `executable`: it, or the Python its first line
+    names (a venv's python is a link to the real one), lies where ProtectHome=yes hides it."""
+    paths = [executable]
+    with executable.open("rb") as f:
+        first = f.readline(4096)
+    if first.startswith(b"#!"):
+        paths.append(Path(first[2:].decode("utf-8", "replace").split()[0]))
+    for path in paths:
+        real = path.resolve()
+        for hidden in HIDDEN:
+            if real.is_relative_to(hidden):
+                shown = str(path) if real == path else f"{path} (really {real})"
+                raise ServiceError(f"{shown} is under {hidden}, which the unit hides (ProtectHome=yes): install "
+                                   f"ferlite in a venv such as {VENV} with a system Python (docs/raspberry-pi.md)")
+
+
 def render_unit(executable: Path, config: Path = CONFIG_PATH) -> str:
     """The unit file with ExecStart pointing at `executable` and `--config config`."""
     template = resources.files("ferlite.systemd").joinpath(UNIT_NAME).read_text()

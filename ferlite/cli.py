@@ -564,7 +564,14 @@ def service_install_cmd(
     """Install, enable and start the hardened systemd unit running `ferlite run --camera`."""
     from ferlite.device import service
 
-    steps = service.install_steps(service.ferlite_executable(), _default_config_text(), unit_dir, config)
+    executable = service.ferlite_executable()
+    try:
+        service.check_reachable(executable)
+    except service.ServiceError as exc:
+        if not dry_run:
+            raise
+        typer.echo(f"warning: {exc}", err=True)  # the dry run still shows what would be written
+    steps = service.install_steps(executable, _default_config_text(), unit_dir, config)
     typer.echo(service.perform(steps, dry_run)
                or "ferlite.service installed and started; follow it with: journalctl -u ferlite -f")
 

@@ -199,3 +199,20 @@ def test_notifier_is_silent_without_systemd():
     notifier.ready(Stats())
     notifier.frame(Stats())
     notifier.stopping(Stats())
+
+
+@pytest.mark.parametrize("interpreter, hidden", [("/usr/bin/python3", None),
+                                                 ("/root/.pyenv/versions/3.11/bin/python", "/root"),
+                                                 ("/home/pi/ferlite-venv/bin/python", "/home")])
+def test_install_refuses_an_executable_the_unit_cannot_reach(tmp_path, interpreter, hidden):
+    """ProtectHome=yes hides /home, /root and /run/user from the service: a ferlite there, or one whose
+    Python lives there (a venv's python is a link to it), would fail with 203/EXEC at every start."""
+    from ferlite.device.service import ServiceError, check_reachable
+
+    script = tmp_path / "ferlite"
+    script.write_text(f"#!{interpreter}\nimport ferlite.cli\n")
+    if hidden is None:
+        check_reachable(script)
+        return
+    with pytest.raises(ServiceError, match=f"under {hidden}, which the unit hides"):
+        check_reachable(script)
