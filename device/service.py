@@ -80,7 +80,8 @@ def install_steps(executable: Path, config_text: str, unit_dir: Path = UNIT_DIR,
         steps.append(Step(f"write default config {config}", write=(config, config_text)))
     steps += [
         Step("reload systemd", ["systemctl", "daemon-reload"]),
-        Step("enable and start ferlite", ["systemctl", "enable", "--now", UNIT_NAME]),
+        # --no-block: without its camera yet, the service keeps retrying; install need not wait for it.
+        Step("enable and start ferlite", ["systemctl", "enable", "--now", "--no-block", UNIT_NAME]),
     ]
     return steps
 

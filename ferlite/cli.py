@@ -573,7 +573,7 @@ def service_install_cmd(
         typer.echo(f"warning: {exc}", err=True)  # the dry run still shows what would be written
     steps = service.install_steps(executable, _default_config_text(), unit_dir, config)
     typer.echo(service.perform(steps, dry_run)
-               or "ferlite.service installed and started; follow it with: journalctl -u ferlite -f")
+               or "ferlite.service installed and starting; follow it with: journalctl -u ferlite -f")
 
 
 @service_app.command("uninstall")

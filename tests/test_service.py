@@ -68,7 +68,7 @@ def test_install_dry_run_shows_unit_config_and_steps(tmp_path):
     assert re.search(r"ExecStart=/\S+/ferlite run --camera --config " + re.escape(str(tmp_path / "f.toml")), out)
     assert f"2. write default config {tmp_path / 'f.toml'}" in out and "# detect_every = 5" in out
     assert "3. reload systemd: systemctl daemon-reload" in out
-    assert "4. enable and start ferlite: systemctl enable --now ferlite.service" in out
+    assert "4. enable and start ferlite: systemctl enable --now --no-block ferlite.service" in out
     assert not list(tmp_path.iterdir()), "a dry run must not write anything"
     (tmp_path / "f.toml").write_text("")
     again = run_cli("service", "install", "--dry-run", "--config", tmp_path / "f.toml", "--unit-dir", tmp_path)
