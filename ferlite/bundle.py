@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -18,6 +19,9 @@ from pathlib import Path
 from ferlite.errors import BundleError
 
 FORMAT = 1
+MAX_MANIFEST_BYTES = 4 * 2**20  # a landmark model's manifest holds a few thousand floats
+MAX_MODEL_BYTES = 64 * 2**20  # the shipped models are under 200 KB; a Pi has little memory
+DTYPES = ("int8", "uint8", "int16", "float32")
 MANIFEST = "manifest.json"
 MODEL = "model.tflite"
 
@@ -81,15 +85,45 @@ class Manifest:
         return manifest
 
     def validate(self, where: str) -> None:
+        """Every field the device uses, checked now rather than at the first face; one line per problem."""
         from ferlite.inputs import KINDS
 
-        if self.kind not in KINDS:
+        if not isinstance(self.kind, str) or self.kind not in KINDS:
             raise BundleError(f"{where}: unknown model kind {self.kind!r} (known: {', '.join(KINDS)})")
-        if not self.labels or not all(isinstance(n, str) for n in self.labels):
+        if not isinstance(self.labels, list) or not self.labels or not all(isinstance(n, str) for n in self.labels):
             raise BundleError(f"{where}: manifest labels must be a non-empty list of names")
+        for name in ("preprocess", "options", "metrics", "provenance"):
+            if not isinstance(getattr(self, name), dict):
+                raise BundleError(f"{where}: manifest {name} must be a JSON object")
+        for name, spec in (("input", self.input), ("output", self.output)):
+            if not (isinstance(spec.shape, list) and spec.shape and all(type(d) is int and d > 0 for d in spec.shape)
+                    and spec.dtype in DTYPES and isinstance(spec.scale, int | float) and math.isfinite(spec.scale)
+                    and type(spec.zero_point) is int):
+                raise BundleError(f"{where}: manifest {name} tensor is malformed (shape of positive integers, "
+                                  f"dtype one of {', '.join(DTYPES)}, a finite scale, an integer zero point)")
         if self.output.shape[-1] != len(self.labels):
             raise BundleError(f"{where}: {len(self.labels)} labels but the model outputs "
                               f"{self.output.shape[-1]} classes")
+        self._validate_input(where, KINDS[self.kind].images)
+
+    def _validate_input(self, where: str, images: bool) -> None:
+        """A face-image model needs a sane square input of its recipe's size; a feature model feature rows."""
+        if not images:
+            if len(self.input.shape) != 2:
+                raise BundleError(f"{where}: a {self.kind} model takes feature rows, but its input is "
+                                  f"{self.input.shape}")
+            return
+        from ferlite.preprocess import PreprocessSpec
+
+        try:
+            spec = PreprocessSpec.from_dict(self.preprocess)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BundleError(f"{where}: manifest preprocess is malformed ({exc!r})") from None
+        if not (8 <= spec.size <= 512 and math.isfinite(spec.margin) and 0 <= spec.margin <= 2):
+            raise BundleError(f"{where}: manifest preprocess size must be 8..512 and margin 0..2")
+        if self.input.shape[1:] != [spec.size, spec.size, 1]:
+            raise BundleError(f"{where}: a {self.kind} model takes {spec.size}x{spec.size} faces, but its input "
+                              f"is {self.input.shape}")
 
 
 @dataclass
@@ -118,14 +152,20 @@ def read_bundle(path: str | Path) -> Bundle:
     try:
         with zipfile.ZipFile(path) as zf:
             members = set(zf.namelist())
-            for member in (MANIFEST, MODEL):
+            for member, most in ((MANIFEST, MAX_MANIFEST_BYTES), (MODEL, MAX_MODEL_BYTES)):
                 if member not in members:
                     raise BundleError(f"{where}: bundle is missing {member}")
+                info = zf.getinfo(member)
+                if info.file_size > most:  # checked before inflating anything: a small zip can claim gigabytes
+                    raise BundleError(f"{where}: {member} would be {info.file_size:,} bytes, over the "
+                                      f"{most:,} a bundle may hold")
+                if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                    raise BundleError(f"{where}: {member} is encrypted or compressed in a way bundles never are")
             manifest = Manifest.from_json(zf.read(MANIFEST).decode("utf-8", "replace"), where)
             model = zf.read(MODEL)
     except zipfile.BadZipFile as exc:
         raise BundleError(f"{where}: not a ferlite bundle or truncated ({exc})") from None
-    except (EOFError, OSError, zipfile.LargeZipFile) as exc:
+    except (EOFError, OSError, zipfile.LargeZipFile, RuntimeError, NotImplementedError) as exc:
         raise BundleError(f"{where}: unreadable bundle ({exc})") from None
     if sha256(model) != manifest.model_sha256:
         raise BundleError(f"{where}: model.tflite checksum mismatch (corrupted or altered bundle)")

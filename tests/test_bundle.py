@@ -149,3 +149,65 @@ def test_shipped_cnn_loads_and_the_model_card_quotes_its_measured_accuracy():
         # The manifest keeps 5 digits (0.63945 of 0.639454...), so the card's 2-decimal figure can
         # round the other way than the stored value would.
         assert any(abs(p - accuracy * 100) <= 0.0051 for p in percents), accuracy
+
+
+def _hostile(how: str, tmp_path: Path) -> Path:
+    """The shipped CNN bundle with one field or member made hostile, as an attacker or a bad tool would."""
+    from ferlite.bundles import DEFAULT_CNN
+
+    manifest = _manifest(DEFAULT_CNN)
+    out = tmp_path / f"{how}.ferlite"
+    changed = {
+        "shape-nested": {"input": {**manifest["input"], "shape": [[1, 48], 48]}},
+        "shape-text": {"output": {**manifest["output"], "shape": "1x7"}},
+        "dtype-unknown": {"input": {**manifest["input"], "dtype": "complex128"}},
+        "scale-nan": {"output": {**manifest["output"], "scale": float("nan")}},
+        "options-list": {"options": ["tta_flip"]},
+        "preprocess-list": {"preprocess": [48]},
+        "size-huge": {"preprocess": {**manifest["preprocess"], "size": 10**9}},
+        "size-not-number": {"preprocess": {**manifest["preprocess"], "size": "forty-eight"}},
+        "kind-over-cnn": {"kind": "landmark-svm"},
+        "labels-text": {"labels": "angry,happy"},
+        "input-list": {"input": [1, 48, 48, 1]},
+    }
+    if how in changed:
+        return _rezip(DEFAULT_CNN, out, manifest={**manifest, **changed[how]})
+    with zipfile.ZipFile(DEFAULT_CNN) as zin, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zout:
+        zout.writestr(MANIFEST, zin.read(MANIFEST))
+        if how == "model-bomb":  # 100 MB of zeros deflate to about 100 KB
+            zout.writestr(MODEL, bytes(100 * 2**20))
+        elif how == "encrypted":
+            zout.writestr(MODEL, zin.read(MODEL))
+    if how == "encrypted":  # set the "encrypted" flag in the model's central-directory entry
+        raw = bytearray(out.read_bytes())
+        entry = raw.rindex(b"PK\x01\x02")
+        while raw[entry + 46: entry + 46 + len(MODEL)] != MODEL.encode():
+            entry = raw.rindex(b"PK\x01\x02", 0, entry)
+        raw[entry + 8] |= 0x1
+        out.write_bytes(bytes(raw))
+    return out
+
+
+HOSTILE = {
+    "shape-nested": "input tensor is malformed", "shape-text": "output tensor is malformed",
+    "dtype-unknown": "input tensor is malformed", "scale-nan": "output tensor is malformed",
+    "options-list": "options must be a JSON object", "preprocess-list": "preprocess must be a JSON object",
+    "size-huge": "preprocess size must be 8..512", "size-not-number": "preprocess is malformed",
+    "kind-over-cnn": "takes feature rows", "labels-text": "labels must be a non-empty list",
+    "input-list": "malformed manifest", "model-bomb": "would be 104,857,600 bytes",
+    "encrypted": "encrypted or compressed",
+}
+
+
+@pytest.mark.parametrize("how", sorted(HOSTILE))
+def test_hostile_bundles_are_refused_at_read_time(tmp_path, how):
+    """Each is refused by the reader with one line, before any face is seen, and the 100 MB model is
+    never inflated."""
+    path = _hostile(how, tmp_path)
+    with pytest.raises(BundleError, match=re.escape(HOSTILE[how])):
+        read_bundle(path)
+
+
+def test_hostile_bundle_on_the_command_line_is_one_line(tmp_path):
+    result = run_cli("predict", "tests/fixtures/astronaut.jpg", "--bundle", _hostile("kind-over-cnn", tmp_path))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "takes feature rows" in result.stderr
