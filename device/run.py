@@ -44,10 +44,12 @@ def build(cfg: RunConfig, hooks: Hooks) -> Pipeline:
     return Pipeline(source, detector, predictor, tracker, results, cfg, hooks)
 
 
-def run(cfg: RunConfig, hooks: Hooks | None = None) -> tuple[Stats, int]:
-    """Run until the source ends, max_frames, or SIGTERM/SIGINT; (stats, run id in the log).
+def run(cfg: RunConfig, hooks: Hooks | None = None) -> tuple[Stats, int, int]:
+    """Run until the source ends, max_frames, or SIGTERM/SIGINT; (stats, run id in the log, faces the
+    log actually stored: fewer than stats.detections when a full disk or a lock dropped a batch).
 
     Without `hooks`, systemd is told about the run through $NOTIFY_SOCKET when it is set.
     """
     pipeline = build(cfg, hooks or Notifier())
-    return pipeline.run(), pipeline.results.run_id
+    stats = pipeline.run()
+    return stats, pipeline.results.run_id, pipeline.results.stored

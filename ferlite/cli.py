@@ -358,9 +358,14 @@ def run_cmd(
         given["width"], given["height"] = _resolution(resolution)
     cfg = build_config(config, given)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    stats, run_id = run(cfg)
+    stats, run_id, stored = run(cfg)
     typer.echo(f"run {run_id}: {stats.frames} frames, {stats.skipped} skipped, {stats.read_failures} failed reads, "
-               f"{stats.detections} faces logged to {cfg.log_path()}", err=True)
+               f"{stored} faces logged to {cfg.log_path()}", err=True)
+    if stored < stats.detections:
+        from ferlite.errors import LogError
+
+        raise LogError(f"{cfg.log_path()}: only {stored} of {stats.detections} faces were stored "
+                       "(the disk was full or the database locked; see the warnings above)")
     if stats.frames == 0 and (stats.skipped or stats.read_failures):
         from ferlite.errors import SourceError
 
