@@ -3,6 +3,7 @@ temperature fitted on held faces (int8, as the device runs it) and FER2013's fra
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from ferlite.bundle import Bundle, read_bundle, write_bundle
@@ -23,7 +24,7 @@ def calibrate_bundle(path: Path, data: str, out: Path) -> tuple[Bundle, dict]:
     manifest = bundle.manifest
     spec = PreprocessSpec.from_dict(manifest.preprocess)
     if not spec.framing:
-        manifest.preprocess = PreprocessSpec(spec.size, spec.margin, FER2013_FRAMING, spec.align).to_dict()
+        manifest.preprocess = replace(spec, framing=FER2013_FRAMING).to_dict()
     predictor = Predictor(bundle, calibrated=False)
     faces = Truth().faces(data, predictor.labels)
     probs = predict_dataset(predictor, dataset_inputs(manifest, faces.images), description="calibrating")

@@ -91,6 +91,11 @@ def classify(track: int, box: Box, probs: np.ndarray, labels: tuple[str, ...], t
                   {k: round(float(v), 4) for k, v in zip(labels, probs)}, confidence < threshold)
 
 
+def caption(r: Result) -> str:
+    """"#track label probability", with "?" after an uncertain face's label."""
+    return f"#{r.track} {r.label}{'?' if r.uncertain else ''} {r.confidence:.2f}"
+
+
 BOX = (0, 200, 0)  # BGR: sure faces green, uncertain ones amber
 UNSURE = (0, 170, 255)
 
@@ -108,7 +113,7 @@ def annotate(image: np.ndarray, results: list[Result], bars: bool = False) -> np
         x, y, w, h = r.box
         colour = UNSURE if r.uncertain else BOX
         cv2.rectangle(out, (x, y), (x + w, y + h), colour, thick)
-        text = f"#{r.track} {r.label}{'?' if r.uncertain else ''} {r.confidence:.2f}"
+        text = caption(r)
         (tw, th), base = cv2.getTextSize(text, font, scale, thick)
         top = y - th - base - 2 if y - th - base - 2 >= 0 else y + h
         cv2.rectangle(out, (x, top), (x + tw + 4, top + th + base + 2), colour, cv2.FILLED)
@@ -287,7 +292,7 @@ class Pipeline:
         self.stats.frames += 1
         self.stats.faces = len(results)
         self.stats.detections += len(results)
-        self.stats.labels = [f"#{r.track} {r.label}{'?' if r.uncertain else ''} {r.confidence:.2f}" for r in results]
+        self.stats.labels = [caption(r) for r in results]
         if self.cfg.status and self._status.isatty() and now - self._last_status >= STATUS_EVERY_S:
             self._last_status = now
             self._status.write(f"\r\x1b[K{self.stats.fps:5.1f} fps · {self.stats.faces} face(s) · "

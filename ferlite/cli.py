@@ -197,7 +197,7 @@ def calibrate_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
 ) -> None:
     """Fit a bundle's probability temperature on held faces (and add FER2013's framing if it lacks it)."""
-    from ferlite.console import emit_json
+    from ferlite.console import emit_json, wrote
     from ferlite.convert.calibrate import calibrate_bundle
 
     _, figures = calibrate_bundle(_bundle_path(bundle), data, out)
@@ -206,7 +206,7 @@ def calibrate_cmd(
         return
     typer.echo(f"temperature {figures['temperature']} on {figures['faces']} faces: ECE {figures['ece_before']:.3f} "
                f"-> {figures['ece_after']:.3f}")
-    typer.echo(f"wrote {out}", err=True)
+    wrote(out)
 
 
 @app.command("info")
@@ -239,7 +239,7 @@ def eval_cmd(
     plot: Annotated[Path | None, typer.Option(help="Write the confusion matrix as PNG.")] = None,
     tta_flip: Annotated[bool | None, typer.Option("--tta-flip/--no-tta-flip", help="Override the bundle's "
                                                      "flip averaging.")] = None,
-    threads: Annotated[int | None, typer.Option(help="Interpreter and OpenCV threads.")] = None,
+    threads: Annotated[int | None, typer.Option(help=HELP["threads"])] = _RUN.threads,
     ferplus: Annotated[bool, typer.Option("--ferplus", help="Score against the FER+ majority vote instead of the "
                                           "dataset's labels (FER2013 data with row numbers).")] = False,
     ferplus_csv: Annotated[str | None, typer.Option(help="fer2013new.csv (default: beside --data).")] = None,

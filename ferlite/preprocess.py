@@ -90,15 +90,18 @@ def resize(gray: np.ndarray, size: int) -> np.ndarray:
 
 def crop_square(gray: np.ndarray, cx: float, cy: float, side: float, size: int) -> np.ndarray:
     """The square of `side` pixels centred on (cx, cy), edges replicated where it leaves the frame, resized."""
+    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+    return resize(cut(gray, x0, y0, x0 + max(1, int(round(side))), y0 + max(1, int(round(side)))), size)
+
+
+def cut(gray: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    """gray[y0:y1, x0:x1], its edges replicated where the rectangle leaves the image."""
     import cv2
 
-    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
-    x1, y1 = x0 + max(1, int(round(side))), y0 + max(1, int(round(side)))
     pad = max(0, -x0, -y0, x1 - gray.shape[1], y1 - gray.shape[0])
     if pad:
         gray = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-        x0, y0, x1, y1 = x0 + pad, y0 + pad, x1 + pad, y1 + pad
-    return resize(gray[y0:y1, x0:x1], size)
+    return gray[y0 + pad:y1 + pad, x0 + pad:x1 + pad]
 
 
 def eye_tilt(landmarks: np.ndarray) -> float:
@@ -116,12 +119,9 @@ def warp_face(gray: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
     if scale < 0.5:
         inverse = cv2.invertAffineTransform(matrix)
         corners = np.array([[0, 0], [size, 0], [0, size], [size, size]], np.float64) @ inverse[:, :2].T + inverse[:, 2]
-        x0, y0 = np.floor(corners.min(0)).astype(int) - 2
-        x1, y1 = np.ceil(corners.max(0)).astype(int) + 2
-        pad = max(0, -x0, -y0, x1 - gray.shape[1], y1 - gray.shape[0])
-        if pad:
-            gray = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-        roi = gray[y0 + pad:y1 + pad, x0 + pad:x1 + pad]
+        x0, y0 = (int(v) for v in np.floor(corners.min(0)) - 2)
+        x1, y1 = (int(v) for v in np.ceil(corners.max(0)) + 2)
+        roi = cut(gray, x0, y0, x1, y1)
         shrink = 2 * scale
         gray = cv2.resize(roi, (max(1, round(roi.shape[1] * shrink)), max(1, round(roi.shape[0] * shrink))),
                           interpolation=cv2.INTER_AREA)
@@ -142,10 +142,8 @@ def crop_face(gray: np.ndarray, box: tuple[int, int, int, int], landmarks: np.nd
     else:
         face = float(np.sqrt(max(w, 1) * max(h, 1)))
         cx, cy, side = x + w / 2.0 + framing.dx * face, y + h / 2.0 + framing.dy * face, framing.scale * face
-    if not spec.align or landmarks is None:
-        return crop_square(gray, cx, cy, side, spec.size)
-    tilt = eye_tilt(landmarks)
-    if not np.isfinite(tilt) or abs(tilt) < spec.align_min_tilt:
+    tilt = eye_tilt(landmarks) if spec.align and landmarks is not None else None
+    if tilt is None or not np.isfinite(tilt) or abs(tilt) < spec.align_min_tilt:
         return crop_square(gray, cx, cy, side, spec.size)
     matrix = cv2.getRotationMatrix2D((cx, cy), tilt, spec.size / side)
     matrix[:, 2] += (spec.size / 2 - cx, spec.size / 2 - cy)

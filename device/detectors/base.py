@@ -112,7 +112,7 @@ def detect_near(detector: Detector, image: np.ndarray, boxes: list[Box], context
         i = row * columns + col
         if not (0 <= col < columns and i < len(tiles)):
             continue
-        window, scale, x0, y0 = tiles[i]
+        _, scale, x0, y0 = tiles[i]
         left, top = gap + col * cell, gap + row * cell
         moved = Face((x - left, y - top, w, h),
                      None if face.landmarks is None else face.landmarks - np.array([left, top], np.float32),
