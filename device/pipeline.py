@@ -23,7 +23,7 @@ from ferlite.config import RunConfig
 from ferlite.device.detectors.base import Detector, detect_near
 from ferlite.device.faces import FaceStep
 from ferlite.device.log import Result, ResultsLog
-from ferlite.device.sources import BadFrameError, CameraReadError, Frame, FrameSource
+from ferlite.device.sources import BadFrameError, CameraReadError, CaptureThread, Frame, FrameSource
 from ferlite.device.tracker import Tracker
 from ferlite.inputs import Box, Face
 from ferlite.runtime import Predictor
@@ -46,6 +46,7 @@ class Stats:
     fps: float = 0.0
     labels: list[str] = field(default_factory=list)
     stage_s: dict[str, float] = field(default_factory=dict)  # the last frame's seconds per stage
+    broken: str = ""  # why the source ended early (a file whose last frames never decode), if it did
 
 
 class _Clock:
@@ -146,6 +147,7 @@ class Pipeline:
                  results: ResultsLog, cfg: RunConfig, hooks: Hooks | None = None,
                  status: TextIO | None = None) -> None:
         self.source, self.detector, self.predictor = source, detector, predictor
+        self.capture = CaptureThread(source)
         self.step = FaceStep(detector, predictor)
         self.tracker, self.results, self.cfg = tracker, results, cfg
         self.hooks = hooks or NoHooks()
@@ -177,7 +179,7 @@ class Pipeline:
             try:
                 self.results.close()
             finally:
-                self.source.close()
+                self.capture.close()
                 if self._preview:
                     import cv2
 
@@ -198,7 +200,7 @@ class Pipeline:
             started = time.monotonic()
             clock = _Clock()
             try:
-                frame = self.source.read()
+                frame = self.capture.read(lambda: self._stopping)
             except CameraReadError as exc:
                 failures += 1
                 self.stats.read_failures += 1
@@ -209,7 +211,9 @@ class Pipeline:
                 self._sleep(delay)
                 continue
             except BadFrameError as exc:
-                self._skip(str(exc))
+                self._skip(str(exc), exc.frames)
+                if exc.at_end:
+                    self.stats.broken = str(exc)
                 continue
             if failures:
                 log.warning("%s: frames again after %d failed reads", self.source.name, failures)
@@ -231,9 +235,9 @@ class Pipeline:
         while not self._stopping and (left := end - time.monotonic()) > 0:
             time.sleep(min(0.1, left))
 
-    def _skip(self, why: str) -> None:
-        self.stats.skipped += 1
-        self.results.skip()
+    def _skip(self, why: str, frames: int = 1) -> None:
+        self.stats.skipped += frames
+        self.results.skip(frames)
         log.warning("skipped: %s", why)
 
     def find_faces(self, image: np.ndarray) -> list[Face]:
@@ -274,6 +278,7 @@ class Pipeline:
             results.append(classify(track.id, track.box, track.probs, labels, self.cfg.threshold))
         clock.lap("track")
         self.results.write(frame.number, frame.time, results)
+        self.results.track_events(frame.time, results, self.tracker.ended)
         clock.lap("log")
         self.stats.stage_s = clock.stages
         if self._save_dir:

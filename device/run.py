@@ -7,7 +7,7 @@ from pathlib import Path
 from ferlite.bundle import read_bundle
 from ferlite.config import RunConfig
 from ferlite.device.detectors import chosen_detector, make_detector
-from ferlite.device.log import RunInfo, open_log
+from ferlite.device.log import ResultsLog, RunInfo, open_log
 from ferlite.device.notify import Notifier
 from ferlite.device.pipeline import Hooks, Pipeline, Stats
 from ferlite.device.sources import open_camera, open_source
@@ -34,7 +34,8 @@ def build(cfg: RunConfig, hooks: Hooks) -> Pipeline:
     size = (cfg.width, cfg.height) if cfg.width and cfg.height else None
     source = open_camera(size, cfg.max_fps) if cfg.camera else open_source(str(cfg.source), size, cfg.max_fps)
     try:
-        info = RunInfo(predictor.bundle.sha256, list(predictor.labels), source.name, detector.name, cfg.to_dict())
+        config = {**cfg.to_dict(), "mqtt_password": "***" if cfg.mqtt_password else None}  # logged and published
+        info = RunInfo(predictor.bundle.sha256, list(predictor.labels), source.name, detector.name, config)
         results = open_log(cfg.log_path(), cfg.log_format, info, privacy=cfg.privacy,
                            max_age_s=cfg.retention_days * 86400, max_bytes=int(cfg.retention_mb * 2**20))
     except BaseException:
@@ -44,12 +45,23 @@ def build(cfg: RunConfig, hooks: Hooks) -> Pipeline:
     return Pipeline(source, detector, predictor, tracker, results, cfg, hooks)
 
 
-def run(cfg: RunConfig, hooks: Hooks | None = None) -> tuple[Stats, int, int]:
-    """Run until the source ends, max_frames, or SIGTERM/SIGINT; (stats, run id in the log, faces the
-    log actually stored: fewer than stats.detections when a full disk or a lock dropped a batch).
+def run(cfg: RunConfig, hooks: Hooks | None = None) -> tuple[Stats, ResultsLog]:
+    """Run until the source ends, max_frames, or SIGTERM/SIGINT; the stats and the closed log, whose
+    `stored`, `kept` and `dropped` say where every face went (stored unless a full disk or a lock
+    outlasted the retries).
 
     Without `hooks`, systemd is told about the run through $NOTIFY_SOCKET when it is set.
     """
+    fleet = None
+    if cfg.mqtt:
+        from ferlite.device.fleet import publish
+
+        fleet = publish.prepare(cfg)
     pipeline = build(cfg, hooks or Notifier())
-    stats = pipeline.run()
-    return stats, pipeline.results.run_id, pipeline.results.stored
+    publisher = publish.in_background(cfg, *fleet) if fleet else None
+    try:
+        stats = pipeline.run()
+    finally:
+        if publisher is not None:
+            publisher.stop()
+    return stats, pipeline.results

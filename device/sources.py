@@ -8,8 +8,12 @@ went wrong with the exception it raises: `CameraReadError` (a camera hiccup, wor
 from __future__ import annotations
 
 import glob
+import logging
+import queue
 import re
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -18,6 +22,8 @@ import numpy as np
 
 from ferlite.datasets import IMAGE_SUFFIXES
 from ferlite.errors import SourceError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,7 +41,15 @@ class CameraReadError(Exception):
 
 
 class BadFrameError(Exception):
-    """This frame or image is corrupt or unreadable; the pipeline skips and counts it."""
+    """Frames or an image that are corrupt or unreadable; the pipeline skips and counts them.
+
+    `frames` is how many (a video's corrupt stretch is one error); `at_end` says the source ended
+    inside the stretch, so the run stopped on a broken file rather than at its end.
+    """
+
+    def __init__(self, message: str, frames: int = 1, at_end: bool = False) -> None:
+        super().__init__(message)
+        self.frames, self.at_end = frames, at_end
 
 
 class FrameSource(Protocol):
@@ -74,7 +88,11 @@ class PiCamera:
         from picamera2 import Picamera2
 
         self.name, self.stills = "picamera2", False
-        self._cam = Picamera2()
+        try:
+            self._cam = Picamera2()
+        except (IndexError, RuntimeError) as exc:  # picamera2 indexes an empty camera list when none is connected
+            raise SourceError(f"picamera2 finds no camera ({exc or type(exc).__name__}); is it connected "
+                              "and enabled?") from None
         main = {"format": "RGB888", **({"size": size} if size else {})}
         controls = {"FrameRate": fps} if fps else {}
         config = self._cam.create_preview_configuration(main=main, controls=controls)
@@ -149,9 +167,12 @@ class OpenCVCamera:
 
 
 class VideoFile:
-    """A video file read frame by frame; a frame that fails to decode before the end is skipped."""
+    """A video file read frame by frame. A stretch of frames that fail to decode is skipped past, as
+    one BadFrameError, and reading goes on after it; only the frame count (or, for a file that gives
+    none, MAX_BAD failures in a row) ends it. A file whose last frames never decode is reported as such."""
 
     MAX_BAD = 25
+    END_SLACK = 2  # containers may announce a frame or two more than they hold: failing there is just the end
 
     def __init__(self, path: Path) -> None:
         import cv2
@@ -161,19 +182,36 @@ class VideoFile:
         if not self._cap.isOpened():
             raise SourceError(f"{path}: not a video OpenCV can read")
         self._count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        self._n = self._bad = 0
+        self._n = 0
+        self._held: Frame | None = None
+
+    def _next(self) -> Frame | None:
+        ok, image = self._cap.read()
+        self._n += 1
+        return Frame(image, self._n - 1, time.time()) if ok and _valid(image) else None
+
+    def _more(self, bad: int) -> bool:
+        """Whether frames may follow `bad` failed reads in a row."""
+        return self._n < self._count if self._count > 0 else bad < self.MAX_BAD
 
     def read(self) -> Frame | None:
-        ok, image = self._cap.read()
-        n = self._n
-        self._n += 1
-        if ok and _valid(image):
-            self._bad = 0
-            return Frame(image, n, time.time())
-        if n < self._count - 1 and self._bad < self.MAX_BAD:
-            self._bad += 1
-            raise BadFrameError(f"{self.name}: frame {n} cannot be decoded")
-        return None
+        if self._held is not None:
+            frame, self._held = self._held, None
+            return frame
+        first = self._n
+        frame = self._next()
+        if frame is not None:
+            return frame
+        bad = 1
+        while self._held is None and self._more(bad):
+            self._held = self._next()
+            bad += self._held is None
+        if self._held is None and (self._count <= 0 or first >= self._count - self.END_SLACK):
+            return None
+        span = f"frame {first}" if bad == 1 else f"frames {first}-{first + bad - 1}"
+        at_end = self._held is None
+        raise BadFrameError(f"{self.name}: {span} cannot be decoded" + (" (the file ends broken)" if at_end else ""),
+                            frames=bad, at_end=at_end)
 
     def close(self) -> None:
         self._cap.release()
@@ -198,13 +236,79 @@ class ImageFiles:
         """Nothing to release: each image is opened and closed as it is read."""
 
 
+class CaptureThread:
+    """A source read in a daemon thread, one frame ahead: capture overlaps the processing of the last
+    frame, and a camera that hangs inside its driver never holds the loop. `read` waits in short slices,
+    returns None as soon as `stopping()` says so, and raises CameraReadError when no frame came for
+    `deadline_s` (the stuck read stays in flight; the next `read` waits on it again)."""
+
+    SLICE_S = 0.05
+
+    def __init__(self, source: FrameSource, deadline_s: float = 10.0) -> None:
+        self.source, self.name, self.stills = source, source.name, source.stills
+        self.deadline_s = deadline_s
+        self._asks: queue.Queue[bool] = queue.Queue()
+        self._answers: queue.Queue[tuple[Frame | None, BaseException | None]] = queue.Queue()
+        self._in_flight = False
+        self._thread = threading.Thread(target=self._work, name="capture", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while self._asks.get():
+            try:
+                self._answers.put((self.source.read(), None))
+            except Exception as exc:  # handed to the loop, which tells camera hiccups from bad frames
+                self._answers.put((None, exc))
+
+    def _ask(self) -> None:
+        if not self._in_flight:
+            self._asks.put(True)
+            self._in_flight = True
+
+    def read(self, stopping: Callable[[], bool] = lambda: False) -> Frame | None:
+        self._ask()
+        started = time.monotonic()
+        while not stopping():
+            try:
+                frame, error = self._answers.get(timeout=self.SLICE_S)
+            except queue.Empty:
+                if time.monotonic() - started >= self.deadline_s:
+                    raise CameraReadError(f"{self.name}: no frame for {self.deadline_s:.0f} s") from None
+                continue
+            self._in_flight = False
+            if error is not None:
+                raise error
+            if frame is not None:
+                self._ask()
+            return frame
+        return None
+
+    def close(self) -> None:
+        """Close the source once the thread is idle; a read stuck in a driver is left to the process's exit."""
+        if self._in_flight:
+            try:
+                self._answers.get(timeout=0.5)
+                self._in_flight = False
+            except queue.Empty:
+                log.warning("%s: a read is still stuck; leaving the device to close at exit", self.name)
+                return
+        self._asks.put(False)
+        self.source.close()
+
+
 def read_image(path: Path) -> np.ndarray:
-    """A photo as BGR, or a BadFrameError with one line: unreadable, or claiming more pixels than
-    ferlite.MAX_IMAGE_PIXELS (OpenCV refuses those before decoding anything)."""
+    """A photo as BGR, or a BadFrameError with one line: unreadable, a file over ferlite.MAX_IMAGE_BYTES,
+    or claiming more pixels than ferlite.MAX_IMAGE_PIXELS (OpenCV refuses those before decoding anything)."""
     import cv2
 
-    from ferlite import MAX_IMAGE_PIXELS
+    from ferlite import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise BadFrameError(f"{path}: unreadable image ({exc.strerror})") from None
+    if size > MAX_IMAGE_BYTES:
+        raise BadFrameError(f"{path}: image file too large ({size:,} bytes, over {MAX_IMAGE_BYTES:,})")
     try:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     except cv2.error:

@@ -33,6 +33,7 @@ class Tracker:
         self.iou_threshold, self.alpha, self.max_missed = iou_threshold, alpha, max_missed
         self.tracks: list[Track] = []
         self.started = 0
+        self.ended: list[int] = []  # ids of the tracks the last update dropped: the results log ends them
 
     def boxes(self) -> list[Box]:
         """Where each live track was last seen: where to look for its face between full detections."""
@@ -56,6 +57,7 @@ class Tracker:
         for ti, track in enumerate(self.tracks):
             if ti not in used:
                 track.missed += 1
+        self.ended = [t.id for t in self.tracks if t.missed > self.max_missed]
         self.tracks = [t for t in self.tracks if t.missed <= self.max_missed]
         for bi, box in enumerate(boxes):
             if bi not in track_of:

@@ -1,8 +1,9 @@
-"""The `.ferlite` bundle: one zip holding manifest.json and model.tflite, checked on every read.
+"""The `.ferlite` bundle: one zip holding manifest.json, model.tflite and SHA256SUMS, checked on every read.
 
 The manifest says everything the device needs to use the model: label names, the input tensor's
 quantization, the preprocessing recipe, the accuracy measured at conversion, and where the model
-came from. The one reader and the one writer of the format live here.
+came from. SHA256SUMS (the format `sha256sum -c` reads) covers both members, so a manifest altered
+after conversion is refused like an altered model. The one reader and the one writer live here.
 """
 
 from __future__ import annotations
@@ -13,17 +14,20 @@ import math
 import os
 import tempfile
 import zipfile
+import zlib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ferlite.errors import BundleError
 
-FORMAT = 1
+FORMAT = 2  # 2: SHA256SUMS covers the manifest too; format 1 bundles (model checksum only) are still read
 MAX_MANIFEST_BYTES = 4 * 2**20  # a landmark model's manifest holds a few thousand floats
 MAX_MODEL_BYTES = 64 * 2**20  # the shipped models are under 200 KB; a Pi has little memory
+MAX_SUMS_BYTES = 4096
 DTYPES = ("int8", "uint8", "int16", "float32")
 MANIFEST = "manifest.json"
 MODEL = "model.tflite"
+SUMS = "SHA256SUMS"
 
 
 @dataclass
@@ -142,7 +146,8 @@ def sha256(data: bytes) -> str:
 
 
 def read_bundle(path: str | Path) -> Bundle:
-    """Open and verify a bundle: zip integrity, members, manifest, format and model checksum."""
+    """Open and verify a bundle: zip integrity, member sizes before inflating, both checksums, then
+    every manifest field."""
     path = Path(path)
     where = str(path)
     if not path.is_file():
@@ -151,25 +156,57 @@ def read_bundle(path: str | Path) -> Bundle:
         raise BundleError(f"{where}: no such bundle file (shipped bundles: {', '.join(SHIPPED)})")
     try:
         with zipfile.ZipFile(path) as zf:
-            members = set(zf.namelist())
-            for member, most in ((MANIFEST, MAX_MANIFEST_BYTES), (MODEL, MAX_MODEL_BYTES)):
-                if member not in members:
-                    raise BundleError(f"{where}: bundle is missing {member}")
-                info = zf.getinfo(member)
-                if info.file_size > most:  # checked before inflating anything: a small zip can claim gigabytes
-                    raise BundleError(f"{where}: {member} would be {info.file_size:,} bytes, over the "
-                                      f"{most:,} a bundle may hold")
-                if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-                    raise BundleError(f"{where}: {member} is encrypted or compressed in a way bundles never are")
-            manifest = Manifest.from_json(zf.read(MANIFEST).decode("utf-8", "replace"), where)
-            model = zf.read(MODEL)
+            raw = {name: _member(zf, name, most, where) for name, most in
+                   ((MANIFEST, MAX_MANIFEST_BYTES), (MODEL, MAX_MODEL_BYTES), (SUMS, MAX_SUMS_BYTES))
+                   if name != SUMS or SUMS in zf.namelist()}
     except zipfile.BadZipFile as exc:
         raise BundleError(f"{where}: not a ferlite bundle or truncated ({exc})") from None
-    except (EOFError, OSError, zipfile.LargeZipFile, RuntimeError, NotImplementedError) as exc:
+    except (EOFError, OSError, zlib.error, zipfile.LargeZipFile, RuntimeError, NotImplementedError) as exc:
         raise BundleError(f"{where}: unreadable bundle ({exc})") from None
-    if sha256(model) != manifest.model_sha256:
+    sums = _check_sums(raw, where)
+    manifest = Manifest.from_json(raw[MANIFEST].decode("utf-8", "replace"), where)
+    if manifest.format >= 2 and not sums:
+        raise BundleError(f"{where}: bundle is missing {SUMS}")
+    if sha256(raw[MODEL]) != manifest.model_sha256:
         raise BundleError(f"{where}: model.tflite checksum mismatch (corrupted or altered bundle)")
-    return Bundle(manifest, model, path)
+    return Bundle(manifest, raw[MODEL], path)
+
+
+def _member(zf: zipfile.ZipFile, name: str, most: int, where: str) -> bytes:
+    """A member's bytes, refused before inflating when it claims more than `most` (a small zip can claim
+    gigabytes) or is stored in a way bundles never are."""
+    try:
+        info = zf.getinfo(name)
+    except KeyError:
+        raise BundleError(f"{where}: bundle is missing {name}") from None
+    if info.file_size > most:
+        raise BundleError(f"{where}: {name} would be {info.file_size:,} bytes, over the {most:,} a bundle may hold")
+    if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise BundleError(f"{where}: {name} is encrypted or compressed in a way bundles never are")
+    with zf.open(info) as f:
+        data = f.read(most + 1)
+    if len(data) > most:  # a header that lied about the size
+        raise BundleError(f"{where}: {name} inflates past the {most:,} bytes a bundle may hold")
+    return data
+
+
+def _check_sums(raw: dict[str, bytes], where: str) -> dict[str, str]:
+    """Verify SHA256SUMS (when present) against the members; the sums by member name."""
+    if SUMS not in raw:
+        return {}
+    sums = {}
+    for line in raw[SUMS].decode("ascii", "replace").splitlines():
+        digest, _, name = line.partition("  ")
+        sums[name] = digest
+    for name in (MANIFEST, MODEL):
+        if sums.get(name) != sha256(raw[name]):
+            raise BundleError(f"{where}: {name} checksum mismatch against {SUMS} (corrupted or altered bundle)")
+    return sums
+
+
+def sums_text(members: dict[str, bytes]) -> str:
+    """SHA256SUMS for the members, as `sha256sum` writes it."""
+    return "".join(f"{sha256(data)}  {name}\n" for name, data in members.items())
 
 
 def write_bundle(path: str | Path, manifest: Manifest, model: bytes) -> Path:
@@ -177,14 +214,17 @@ def write_bundle(path: str | Path, manifest: Manifest, model: bytes) -> Path:
     path = Path(path)
     manifest.model_sha256 = sha256(model)
     manifest.model_bytes = len(model)
+    manifest.format = FORMAT
     manifest.validate(str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as raw:
             with zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as zf:
-                zf.writestr(MANIFEST, manifest.to_json())
+                text = manifest.to_json().encode()
+                zf.writestr(MANIFEST, text)
                 zf.writestr(MODEL, model)
+                zf.writestr(SUMS, sums_text({MANIFEST: text, MODEL: model}))
             raw.flush()
             os.fsync(raw.fileno())
         umask = os.umask(0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -10,10 +11,14 @@ from pathlib import Path
 from ferlite.errors import ConfigError
 
 LOG_FORMATS = ("sqlite", "jsonl")
+DEVICE_ID = r"[A-Za-z0-9._-]{1,64}"
 
 
-def _option(default: object, text: str):
-    return field(default=default, metadata={"help": text})
+def _option(default: object, text: str, flag: bool = True):
+    """A RunConfig field with its help; `flag` False: a key of the config file only (credentials, rare
+    settings), never a command-line flag."""
+    shown = text if flag else f"{text.rstrip('.')} (config file only)."
+    return field(default=default, metadata={"help": shown, "flag": flag})
 
 
 @dataclass
@@ -53,6 +58,16 @@ class RunConfig:
     bars: bool = _option(False, "Preview and annotations: draw each face's probabilities as bars.")
     status: bool = _option(True, "Live status line on a terminal.")
     max_frames: int = _option(0, "Stop after this many frames (0: no limit).")
+    mqtt: str | None = _option(None, "Also publish the results log to this MQTT broker: mqtt://HOST[:PORT] or "
+                                     "mqtts://HOST[:PORT] (needs ferlite[fleet] and the SQLite log).")
+    device_id: str | None = _option(None, "This device's name in the fleet's MQTT topics (default: the hostname).")
+    mqtt_ca: str | None = _option(None, "mqtts: CA certificate file the broker's certificate is checked against "
+                                        "(default: the system's).", flag=False)
+    mqtt_username: str | None = _option(None, "MQTT user name.", flag=False)
+    mqtt_password: str | None = _option(None, "MQTT password; better, mqtt_password_file", flag=False)
+    mqtt_password_file: str | None = _option(None, "File holding the MQTT password.", flag=False)
+    mqtt_discovery: bool = _option(False, "Announce this device to Home Assistant (MQTT discovery under "
+                                          "homeassistant/): a sensor per label.", flag=False)
 
     def log_path(self) -> str:
         """The results log, `results.db` or `results.jsonl` by format unless given."""
@@ -72,7 +87,8 @@ class RunConfig:
             (self.log_format in LOG_FORMATS, f"unknown log format {self.log_format!r} "
                                              f"(choose {', '.join(LOG_FORMATS)})"),
             ((self.width is None) == (self.height is None), "give both width and height of the resolution"),
-            (self.width is None or (self.width > 0 and self.height > 0), "resolution must be positive"),
+            (self.width is None or self.height is None or (self.width > 0 and self.height > 0),
+             "resolution must be positive"),
             (self.max_fps >= 0, "--max-fps must be >= 0 (0: no cap)"),
             (self.detect_every >= 1, "--detect-every must be >= 1"),
             (self.detect_width >= 32, "--detect-width must be >= 32"),
@@ -82,9 +98,19 @@ class RunConfig:
             (0.0 < self.smoothing <= 1.0, "--smoothing must be within (0, 1] (1: no smoothing)"),
             (0.0 < self.iou < 1.0, "--iou must be within (0, 1)"),
             (self.max_missed >= 0, "--max-missed must be >= 0"),
-            (self.retention_days > 0, "--retention-days must be > 0"),
-            (self.retention_mb > 0, "--retention-mb must be > 0"),
+            (0 < self.retention_days < 100 * 365, "--retention-days must be > 0 and under a century"),
+            (0 < self.retention_mb < 2**30, "--retention-mb must be > 0 and finite"),
+            (not (self.privacy and self.save_faces), "--save-faces writes face pixels, which --privacy promises "
+                                                     "never to store; give one of them"),
             (self.max_frames >= 0, "--max-frames must be >= 0 (0: no limit)"),
+            (self.mqtt is None or self.mqtt.startswith(("mqtt://", "mqtts://")),
+             f"--mqtt {self.mqtt!r}: expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"),
+            (self.mqtt is None or self.log_format == "sqlite", "--mqtt publishes from the SQLite log; it cannot "
+                                                               "with --log-format jsonl"),
+            (self.device_id is None or re.fullmatch(DEVICE_ID, self.device_id) is not None,
+             f"device id {self.device_id!r}: use letters, digits, '.', '_' and '-' (it is an MQTT topic level)"),
+            (not (self.mqtt_password and self.mqtt_password_file), "give mqtt_password or mqtt_password_file, "
+                                                                   "not both"),
         ]
         for ok, message in checks:
             if not ok:
@@ -113,6 +139,12 @@ def read_toml(path: str | Path) -> dict:
             data = tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found (create one with `ferlite config init {path}`)") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid TOML (not UTF-8 text)") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     hints = typing.get_type_hints(RunConfig)
@@ -125,6 +157,7 @@ def read_toml(path: str | Path) -> dict:
 
 
 HELP = {f.name: f.metadata["help"] for f in fields(RunConfig)}
+CONFIG_ONLY = frozenset(f.name for f in fields(RunConfig) if not f.metadata["flag"])
 
 
 def build_config(file: str | Path | None, flags: dict, needs_source: bool = True) -> RunConfig:

@@ -39,3 +39,7 @@ class SourceError(FerliteError):
 
 class LogError(FerliteError):
     """A results log cannot be opened, or is not a ferlite log."""
+
+
+class FleetError(FerliteError):
+    """An MQTT broker or a collected database cannot be reached, or refuses the connection."""

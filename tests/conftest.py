@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
+# The benchmarks' helpers (long clips from the fixtures, the kill loop) are the tests' too: one copy.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 TRAIN = FIXTURES / "fer_mini_train.npz"
 VAL = FIXTURES / "fer_mini_val.npz"
 
@@ -41,3 +44,17 @@ def tiny_bundle(trained_run: Path, tmp_path_factory) -> Path:
                      "--calibration-size", "150", "--min-agreement", "0.9", "--max-drop", "5", "-o", out)
     assert result.returncode == 0, result.stderr[-2000:]
     return out
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 160 KB file system (tmpfs), where a results log soon fills the disk."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root and mount(8)")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(where)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()[:100]}")
+    yield where
+    subprocess.run(["umount", str(where)], check=False)

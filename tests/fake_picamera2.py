@@ -16,11 +16,14 @@ CLIP = None  # set by the test: path of a video to serve frames from
 FAIL_EVERY = 0  # when > 0, every FAIL_EVERY-th capture raises, as a flaky camera would
 STALL_AFTER = 0  # when > 0, the capture after STALL_AFTER frames hangs for STALL_SECONDS, as a stuck camera would
 STALL_SECONDS = 0.0
+NO_CAMERA = False  # when True, Picamera2() fails as picamera2 does on a Pi with no camera connected
 CAMERAS: list[Picamera2] = []
 
 
 class Picamera2:
     def __init__(self) -> None:
+        if NO_CAMERA:
+            raise IndexError("list index out of range")  # picamera2 indexes its empty list of cameras
         self.calls: list[str] = []
         self.config: dict | None = None
         self._cap = cv2.VideoCapture(str(CLIP))

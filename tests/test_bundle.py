@@ -10,22 +10,27 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from ferlite.bundle import MANIFEST, MODEL, read_bundle, write_bundle
+from ferlite.bundle import MANIFEST, MODEL, SUMS, read_bundle, sums_text, write_bundle
 from ferlite.errors import BundleError
 
 
 def _rezip(src: Path, dst: Path, manifest: dict | None = None, model: bytes | None = None,
-           drop: str | None = None) -> Path:
-    """Copy a bundle member by member, replacing or dropping some, without fixing the checksum."""
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+           drop: str | None = None, resum: bool = True) -> Path:
+    """Copy a bundle member by member, replacing or dropping some, without fixing the manifest's model
+    checksum; SHA256SUMS is rewritten to match (as a hostile tool would) unless `resum` is False."""
+    members = {}
+    with zipfile.ZipFile(src) as zin:
         for name in zin.namelist():
-            if name == drop:
-                continue
-            data = zin.read(name)
-            if name == MANIFEST and manifest is not None:
-                data = json.dumps(manifest).encode()
-            if name == MODEL and model is not None:
-                data = model
+            members[name] = zin.read(name)
+    if manifest is not None:
+        members[MANIFEST] = json.dumps(manifest).encode()
+    if model is not None:
+        members[MODEL] = model
+    members.pop(drop, None)
+    if resum and SUMS in members:
+        members[SUMS] = sums_text({k: v for k, v in members.items() if k != SUMS}).encode()
+    with zipfile.ZipFile(dst, "w") as zout:
+        for name, data in members.items():
             zout.writestr(name, data)
     return dst
 
@@ -79,10 +84,15 @@ def _broken(tiny_bundle: Path, tmp_path: Path, how: str) -> Path:
         _rezip(tiny_bundle, out, manifest={**manifest, "format": 99})
     elif how == "labels-mismatch":
         _rezip(tiny_bundle, out, manifest={**manifest, "labels": manifest["labels"][:-1]})
+    elif how == "manifest-altered":  # a label renamed after conversion, SHA256SUMS left as it was
+        _rezip(tiny_bundle, out, manifest={**manifest, "labels": ["angry", *manifest["labels"][1:]]}, resum=False)
+    elif how == "missing-sums":
+        _rezip(tiny_bundle, out, drop=SUMS)
     elif how == "bad-json":
         with zipfile.ZipFile(tiny_bundle) as zin, zipfile.ZipFile(out, "w") as zout:
             zout.writestr(MANIFEST, b"{not json")
             zout.writestr(MODEL, zin.read(MODEL))
+            zout.writestr(SUMS, sums_text({MANIFEST: b"{not json", MODEL: zin.read(MODEL)}))
     return out
 
 
@@ -95,6 +105,8 @@ BROKEN = {
     "future-format": "newer than this ferlite",
     "labels-mismatch": "labels but the model outputs",
     "bad-json": "not valid JSON",
+    "manifest-altered": "manifest.json checksum mismatch against SHA256SUMS",
+    "missing-sums": "missing SHA256SUMS",
 }
 
 

@@ -40,7 +40,7 @@ def test_int8_agrees_with_float_on_unseen_faces(tiny_bundle, trained_run):
 
 def test_manifest_describes_the_model(tiny_bundle):
     m = read_bundle(tiny_bundle).manifest
-    assert m.format == 1 and m.kind == "cnn"
+    assert m.format == 2 and m.kind == "cnn"
     assert m.labels == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
     assert m.input.shape == [1, 48, 48, 1] and m.input.dtype == "int8" and m.output.dtype == "int8"
     assert m.preprocess["size"] == 48

@@ -143,7 +143,8 @@ def test_fake_picamera2_runs_and_logs(tiny_bundle, tmp_path, monkeypatch, caplog
     assert camera.config["main"]["size"] == (480, 270) and camera.config["controls"] == {"FrameRate": 30.0}
     assert camera.calls[:3] == ["create_preview_configuration", "configure", "start"]
     assert camera.calls[-2:] == ["stop", "close"]
-    assert camera.calls.count("capture_array") == 23  # 20 frames, and captures 7, 14 and 21 that failed
+    # 20 frames, captures 7, 14 and 21 that failed, and perhaps the one read ahead while frame 20 was processed
+    assert camera.calls.count("capture_array") in (23, 24)
     assert sum("timed out" in r.getMessage() for r in caplog.records) == 3
     assert query(db, "SELECT source, frames, stopped_utc IS NOT NULL FROM runs") == [("picamera2", 20, 1)]
     rows = query(db, "SELECT DISTINCT track, COUNT(*), MIN(x) FROM detections GROUP BY track")
