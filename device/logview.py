@@ -19,6 +19,7 @@ def summarize(reader: LogReader) -> list[dict]:
     """
     runs = {r["id"]: {**{k: r.get(k) for k in ("id", "started_utc", "stopped_utc", "source", "detector", "frames",
                                                "skipped", "detections", "privacy")},
+                      **{k: r[k] for k in ("device", "device_run") if k in r},  # a collected database's
                       "tracks": 0, "uncertain": 0, "by_label": Counter()} for r in reader.runs()}
     tracks: dict[int, set[int]] = defaultdict(set)
     for d in reader.detections():
@@ -87,11 +88,13 @@ def print_summary(runs: list[dict], as_json: bool) -> None:
         return
     from ferlite.console import console, table
 
-    rows = table("run", "started (UTC)", "stopped", "source", "detector", "frames", "skipped", "faces", "tracks",
-                  "uncertain", "faces per label")
+    fleet = any("device" in r for r in runs)
+    rows = table(*["device (its run)"] * fleet, "run", "started (UTC)", "stopped", "source", "detector", "frames",
+                 "skipped", "faces", "tracks", "uncertain", "faces per label")
     for r in runs:
         labels = ", ".join(f"{k} {v}" for k, v in r["by_label"].items()) or "-"
-        rows.add_row(str(r["id"]), str(r["started_utc"])[:19].replace("T", " "),
+        device = [f"{r.get('device')} ({r.get('device_run')})"] * fleet
+        rows.add_row(*device, str(r["id"]), str(r["started_utc"])[:19].replace("T", " "),
                       str(r["stopped_utc"])[11:19] if r["stopped_utc"] else "not cleanly", Path(str(r["source"])).name,
                       str(r["detector"]), str(r["frames"]), str(r["skipped"]), str(sum(r["by_label"].values())),
                       str(r["tracks"]), str(r["uncertain"]),
