@@ -1,0 +1,1 @@
+"""`ferlite serve`: a read-only local dashboard over a results log."""
