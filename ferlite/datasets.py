@@ -44,6 +44,24 @@ class Dataset:
         return replace(self, images=self.images[mask_or_idx], labels=self.labels[mask_or_idx],
                        index=pick(self.index), subjects=pick(self.subjects))
 
+    def split(self, share: float, seed: int = 0) -> tuple[Dataset, Dataset]:
+        """(rest, held): about `share` of the images held out, by whole subjects when the dataset knows
+        them (a model is then judged on people it never saw), else stratified by label."""
+        rng = np.random.default_rng(seed)
+        if self.subjects is not None and len(np.unique(self.subjects)) >= 2:
+            people = rng.permutation(np.unique(self.subjects))
+            counts = np.array([(self.subjects == s).sum() for s in people])
+            take = max(1, min(len(people) - 1, int(np.searchsorted(np.cumsum(counts), share * len(self)) + 1)))
+            held = np.isin(self.subjects, people[:take])
+        else:
+            held = np.zeros(len(self), dtype=bool)
+            for code in np.unique(self.labels):
+                members = rng.permutation(np.flatnonzero(self.labels == code))
+                held[members[: max(1, round(share * len(members)))] if len(members) > 1 else []] = True
+        if held.all() or not held.any():
+            raise DatasetError(f"{self.source}: too few images to hold {share:.0%} out")
+        return self.subset(~held), self.subset(held)
+
     def relabel(self, names: tuple[str, ...]) -> Dataset:
         """Labels expressed in another label set; images whose class it lacks are dropped."""
         if tuple(names) == self.label_names:
@@ -148,14 +166,18 @@ def _load_fer_csv(path: Path, usage: str | None) -> Dataset:
                    index=np.array(rows, dtype=np.int64))
 
 
+SUBJECT_SEP = "__"  # `ferlite capture --subject ID` names its files ID__...: the person, for a split by person
+
+
 def _load_folder(root: Path, spec_size: PreprocessSpec | None) -> Dataset:
+    """Images of root/<label>/; when every file is named SUBJECT__..., the dataset knows its subjects."""
     import cv2
 
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
         raise DatasetError(f"{root}: expected one sub-folder per class (root/<label>/*.png)")
     names = tuple(canonical(d.name) for d in class_dirs)
-    images, labels = [], []
+    images, labels, subjects = [], [], []
     for code, folder in enumerate(class_dirs):
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
@@ -171,4 +193,6 @@ def _load_folder(root: Path, spec_size: PreprocessSpec | None) -> Dataset:
                                    f"{images[0].shape[1]}x{images[0].shape[0]} of the first image")
             images.append(img)
             labels.append(code)
-    return Dataset(np.stack(images), np.array(labels, dtype=np.int64), names, str(root))
+            subjects.append(file.name.partition(SUBJECT_SEP)[0] if SUBJECT_SEP in file.name else None)
+    known = np.array(subjects) if all(subjects) else None
+    return Dataset(np.stack(images), np.array(labels, dtype=np.int64), names, str(root), subjects=known)

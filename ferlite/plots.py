@@ -9,7 +9,8 @@ import numpy as np
 from ferlite.errors import RuntimeMissingError
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display on a Pi), or a one-line error without matplotlib."""
     try:
         import matplotlib
     except ImportError:
@@ -22,7 +23,7 @@ def _pyplot():
 
 def confusion_png(confusion: list[list[int]], names: tuple[str, ...], path: str | Path, title: str = "") -> Path:
     """Row-normalized confusion matrix (recall on the diagonal) with counts in each cell."""
-    plt = _pyplot()
+    plt = pyplot()
     cm = np.asarray(confusion, dtype=np.float64)
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(names), 0.6 + 0.8 * len(names)))
@@ -44,7 +45,7 @@ def confusion_png(confusion: list[list[int]], names: tuple[str, ...], path: str 
 
 def curves_png(history: dict[str, list[float]], path: str | Path) -> Path:
     """Loss and accuracy per epoch, train against validation."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key in zip(axes, ("loss", "accuracy")):
         epochs = range(1, len(history.get(key, [])) + 1)
@@ -63,7 +64,7 @@ def curves_png(history: dict[str, list[float]], path: str | Path) -> Path:
 
 def emotions_png(minutes: list[str], series: dict[str, list[int]], path: str | Path, title: str = "") -> Path:
     """Faces per label per minute as stacked bars, beside each label's share of all faces."""
-    plt = _pyplot()
+    plt = pyplot()
     names = list(series)
     counts = np.array([series[n] for n in names], dtype=np.float64).reshape(len(names), len(minutes))
     fig, (timeline, share) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [3, 1]})

@@ -21,7 +21,7 @@ class CnnConfig:
     """Everything that defines a CNN training run; saved as config.json in the run folder."""
 
     data: str
-    val: str
+    val: str  # "": hold `held` of --data out instead (by subject when the data knows its subjects)
     out: str
     labels: str = "fer7"
     soft_labels: bool = False
@@ -37,9 +37,16 @@ class CnnConfig:
     class_weights: bool = False
     patience: int = 0
     seed: int = 0
-    init: str | None = None
+    init: str | None = None  # a .keras model, a .ferlite bundle or a shipped bundle's name to fine-tune
     teachers: list[str] = field(default_factory=list)
     distill: float = 0.5
+    held: float = 0.25
+    freeze: int = 0  # leading stages (stem, b0, b1, b2, b3) kept as they are
+    forget: str | None = None  # data the model should still know after fine-tuning (e.g. PublicTest)
+    rehearse: str | None = None  # data mixed into training, `rehearse_share` faces per face of --data
+    rehearse_share: float = 1.0
+
+STAGES = ("stem", "b0", "b1", "b2", "b3")
 
 
 def _targets(ds: Dataset, cfg: CnnConfig) -> tuple[Dataset, np.ndarray]:
@@ -122,19 +129,52 @@ def _teacher_probs(path: str, train: Dataset, cfg: CnnConfig, k: int) -> np.ndar
 
 
 def _initial_model(cfg: CnnConfig, k: int):
-    """A fresh mini-Xception, or the trained model `cfg.init` to fine-tune (same input size and classes)."""
+    """A fresh mini-Xception, or `cfg.init` to fine-tune (same input size and classes): a trained .keras
+    model, or a CNN bundle rebuilt as a float model (ferlite.training.from_bundle), the shipped one too."""
     if not cfg.init:
         from ferlite.training.models import mini_xception
 
         return mini_xception(k, cfg.size, cfg.width)
-    return _load_compatible(cfg.init, cfg, k, "a model to fine-tune")
+    if not _is_bundle(cfg.init):
+        return _check_compatible(_load_model(cfg.init), cfg.init, cfg, k, "a model to fine-tune")
+    from ferlite.bundle import read_bundle
+    from ferlite.bundles import bundle_path
+    from ferlite.training.from_bundle import keras_from_bundle
+
+    bundle = read_bundle(bundle_path(cfg.init))
+    if tuple(bundle.manifest.labels) != LABEL_SETS[cfg.labels]:
+        raise FerliteError(f"{cfg.init}: gives {', '.join(bundle.manifest.labels)}, not the {k} classes of "
+                           f"{cfg.labels}")
+    return _check_compatible(keras_from_bundle(bundle), cfg.init, cfg, k, "a model to fine-tune")
+
+
+def _is_bundle(name: str) -> bool:
+    from ferlite.bundles import SHIPPED
+
+    return name.endswith(".ferlite") or name in SHIPPED or name == "default"
+
+
+def _freeze(model, stages: int) -> None:
+    """Keep the first `stages` of mini-Xception as they are (their BatchNormalization in inference mode):
+    a few hundred faces can move the last blocks, not the whole network."""
+    frozen = STAGES[:stages]
+    for layer in model.layers:
+        if layer.name.startswith(frozen):
+            layer.trainable = False
+
+
+def _load_model(path: str):
+    from ferlite.training.keras_model import load_keras
+
+    return load_keras(path)
 
 
 def _load_compatible(path: str, cfg: CnnConfig, k: int, role: str):
     """A trained .keras model that takes this run's input and gives its k classes, or a one-line error."""
-    from ferlite.training.keras_model import load_keras
+    return _check_compatible(_load_model(path), path, cfg, k, role)
 
-    model = load_keras(path)
+
+def _check_compatible(model, path: str, cfg: CnnConfig, k: int, role: str):
     if tuple(model.input_shape[1:]) != (cfg.size, cfg.size, 1) or model.output_shape[-1] != k:
         got = f"{tuple(model.input_shape[1:])} and gives {model.output_shape[-1]}"
         raise FerliteError(f"{path}: {role} must take ({cfg.size}, {cfg.size}, 1) and give {k} classes "
@@ -150,8 +190,13 @@ def train_cnn(cfg: CnnConfig, resume: bool = False, command: str = "") -> Path:
     cfg = _start_config(cfg, resume)
     out = Path(cfg.out)
     spec = PreprocessSpec(size=cfg.size)
-    train, y_train = _targets(load_dataset(cfg.data, spec), cfg)
-    val, y_val = _targets(load_dataset(cfg.val, spec), cfg)
+    data = load_dataset(cfg.data, spec)
+    data, held = (data, load_dataset(cfg.val, spec)) if cfg.val else data.split(cfg.held, cfg.seed)
+    train, y_train = _targets(data, cfg)
+    val, y_val = _targets(held, cfg)
+    if cfg.rehearse:
+        train, y_train = _rehearsed(train, y_train, load_dataset(cfg.rehearse, spec), cfg)
+    forget = _targets(load_dataset(cfg.forget, spec), cfg)[0] if cfg.forget else None
     if cfg.teachers:
         y_train = _distilled(train, y_train, cfg)
     if len(train) < cfg.batch_size:
@@ -168,6 +213,8 @@ def train_cnn(cfg: CnnConfig, resume: bool = False, command: str = "") -> Path:
     tf.config.experimental.enable_op_determinism()  # same seed, same model: runs can be compared
     k = len(train.label_names)
     model = _initial_model(cfg, k)
+    _freeze(model, cfg.freeze)
+    before = _accuracies(model, val, forget) if cfg.init else None
     steps = len(train) // cfg.batch_size
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0, decay_steps=steps * cfg.epochs, warmup_target=cfg.learning_rate, warmup_steps=steps * 2)
@@ -199,6 +246,33 @@ def train_cnn(cfg: CnnConfig, resume: bool = False, command: str = "") -> Path:
     model_path = out / "model.keras"
     best.save(model_path)
     probs = best.predict(val_ds, verbose=0)
+    extra = {"fine_tune": {"held": val.source if cfg.val else f"{cfg.held:.0%} of {cfg.data}"
+                           + (" (by subject)" if val.subjects is not None else " (stratified)"),
+                           "forget": cfg.forget, "before": before, "after": _accuracies(best, val, forget)}
+             } if before else None
     write_report(out, val.labels, probs, val.label_names, cfg=asdict(cfg), command=command,
-                 session_seconds=time.time() - started, params=best.count_params())
+                 session_seconds=time.time() - started, params=best.count_params(), extra=extra)
     return model_path
+
+
+def _rehearsed(train: Dataset, targets: np.ndarray, old: Dataset, cfg: CnnConfig) -> tuple[Dataset, np.ndarray]:
+    """The training faces plus a random draw of the data the model already knew: fine-tuning on a few
+    hundred faces of a few people then moves the model less far from everyone else."""
+    from dataclasses import replace
+
+    old, old_targets = _targets(old, cfg)
+    rng = np.random.default_rng(cfg.seed)
+    pick = rng.choice(len(old), min(len(old), round(cfg.rehearse_share * len(train))), replace=False)
+    mixed = replace(train, images=np.concatenate([train.images, old.images[pick]]),
+                    labels=np.concatenate([train.labels, old.labels[pick]]), index=None, subjects=None)
+    return mixed, np.concatenate([targets, old_targets[pick]])
+
+
+def _accuracies(model, held: Dataset, forget: Dataset | None) -> dict:
+    """Float top-1 accuracy (flip-TTA) on the held faces and on the data the model should not forget."""
+    from ferlite.training.keras_model import keras_probs
+
+    def accuracy(ds: Dataset) -> float:
+        return round(float((keras_probs(model, ds.images, tta_flip=True).argmax(1) == ds.labels).mean()), 4)
+
+    return {"held": accuracy(held), **({"forget": accuracy(forget)} if forget is not None else {})}

@@ -11,9 +11,9 @@ SHIPPED = {"cnn": DEFAULT_CNN, "landmark-svm": DEFAULT_LANDMARK_SVM}
 
 def bundle_path(given: str | Path | None) -> Path:
     """The bundle a command was given: a file, a shipped bundle's short name (`cnn`, `landmark-svm`, or
-    its file name), or, given nothing, the default CNN. A name that is neither is returned as a path,
-    for the bundle reader's one-line error."""
-    if given is None:
+    its file name), or, given nothing or `default`, the default CNN. A name that is neither is returned
+    as a path, for the bundle reader's one-line error."""
+    if given is None or (str(given) == "default" and not Path(given).is_file()):
         return DEFAULT_CNN
     path = Path(given)
     if path.is_file():
