@@ -50,7 +50,8 @@ def train_cnn_cmd(
     out: Annotated[Path, typer.Option("-o", "--out", help="Run folder (outside git, e.g. runs/NAME).")],
     data: Annotated[str | None, typer.Option(help="Training data: .npz, FER2013 .csv[:Usage] or a folder per "
                                              "class.")] = None,
-    val: Annotated[str | None, typer.Option(help="Validation data, used to choose the best epoch.")] = None,
+    val: Annotated[str | None, typer.Option(help="Validation data, used to choose the best epoch (default: --held "
+                                            "of --data, by subject when its files are named SUBJECT__...).")] = None,
     labels: Annotated[str, typer.Option(help="Label set: fer7, fer6 (disgust into angry) or ferplus.")] = "fer7",
     soft_labels: Annotated[bool, typer.Option(help="ferplus: train on the FER+ vote distribution.")] = False,
     ferplus_csv: Annotated[str | None, typer.Option(help="fer2013new.csv (default: beside --data).")] = None,
@@ -67,8 +68,18 @@ def train_cnn_cmd(
     class_weights: Annotated[bool, typer.Option(help="Weight classes by inverse frequency.")] = False,
     patience: Annotated[int, typer.Option(help="Early stopping patience in epochs (0: off).")] = 0,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed and data give the same model.")] = 0,
-    init: Annotated[str | None, typer.Option(help="Fine-tune this trained .keras model instead of starting "
-                                             "from scratch (--width is then ignored).")] = None,
+    init: Annotated[str | None, typer.Option(help="Fine-tune this instead of starting from scratch: a trained "
+                                             ".keras model, a CNN bundle, or `default` for the shipped one "
+                                             "(--width is then ignored).")] = None,
+    freeze: Annotated[int, typer.Option(help="Leading stages of mini-Xception (stem and up to four blocks) kept "
+                                             "as they are while fine-tuning.")] = 0,
+    held: Annotated[float, typer.Option(help="Without --val: the share of --data held out to choose and judge the "
+                                             "model.")] = 0.25,
+    forget: Annotated[str | None, typer.Option(help="With --init: data the model should still know (e.g. FER2013 "
+                                               "PublicTest); its accuracy before and after is reported.")] = None,
+    rehearse: Annotated[str | None, typer.Option(help="Data the model already knew (e.g. FER2013 training faces), "
+                                                 "mixed into training so it forgets less.")] = None,
+    rehearse_share: Annotated[float, typer.Option(help="Faces of --rehearse per face of --data.")] = 1.0,
     teacher: Annotated[list[str] | None, typer.Option(
         metavar="MODEL", help="Trained .keras model(s) or .ferlite bundle(s) to distil from; repeat for an "
                               "ensemble.")] = None,
@@ -79,8 +90,10 @@ def train_cnn_cmd(
     """Train mini-Xception; writes model.keras and report.{json,md}, curves.png, confusion.png."""
     from ferlite.labels import LABEL_SETS
 
-    if not resume and (data is None or val is None):
-        raise ConfigError("--data and --val are needed to start a run (only --resume reads them from the run)")
+    if not resume and data is None:
+        raise ConfigError("--data is needed to start a run (only --resume reads it from the run)")
+    if not 0 < held < 1 or not 0 <= freeze <= 5:
+        raise ConfigError("--held must be within (0, 1) and --freeze within 0..5")
     if labels not in LABEL_SETS:
         raise FerliteError(f"unknown label set {labels!r} (choose {', '.join(LABEL_SETS)})")
     if size not in (48, 64):
@@ -97,9 +110,17 @@ def train_cnn_cmd(
                     ferplus_csv=ferplus_csv, width=width, size=size, epochs=epochs, batch_size=batch_size,
                     learning_rate=learning_rate, weight_decay=weight_decay, label_smoothing=label_smoothing,
                     augment=augment, class_weights=class_weights, patience=patience, seed=seed, init=init,
-                    teachers=teacher or [], distill=distill)
+                    teachers=teacher or [], distill=distill, held=held, freeze=freeze, forget=forget,
+                    rehearse=rehearse, rehearse_share=rehearse_share)
     model = train_cnn(cfg, resume=resume, command=_command_line())
     typer.echo(f"model: {model}\nreport: {model.parent / 'report.md'}")
+    import json
+
+    fine_tune = json.loads((model.parent / "report.json").read_text()).get("fine_tune")
+    for name, key in (("held faces", "held"), (fine_tune and fine_tune["forget"], "forget")):
+        if fine_tune and key in fine_tune["before"]:
+            before, after = fine_tune["before"][key], fine_tune["after"][key]
+            typer.echo(f"{name}: {before:.2%} before fine-tuning, {after:.2%} after")
 
 
 LandmarksOpt = Annotated[str | None, typer.Option("--landmarks", help="dlib's shape_predictor_68_face_landmarks.dat "
@@ -346,6 +367,8 @@ def run_cmd(
     bars: Annotated[bool, typer.Option("--bars", help=HELP["bars"])] = _RUN.bars,
     status: Annotated[bool, typer.Option(help=HELP["status"])] = _RUN.status,
     max_frames: Annotated[int, typer.Option(help=HELP["max_frames"])] = _RUN.max_frames,
+    mqtt: Annotated[str | None, typer.Option(help=HELP["mqtt"])] = _RUN.mqtt,
+    device_id: Annotated[str | None, typer.Option(help=HELP["device_id"])] = _RUN.device_id,
 ) -> None:
     """Detect, classify and track faces from a camera, video or images, logging results locally."""
     import logging
@@ -358,17 +381,17 @@ def run_cmd(
         given["width"], given["height"] = _resolution(resolution)
     cfg = build_config(config, given)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    stats, run_id, stored = run(cfg)
-    typer.echo(f"run {run_id}: {stats.frames} frames, {stats.skipped} skipped, {stats.read_failures} failed reads, "
-               f"{stored} faces logged to {cfg.log_path()}", err=True)
-    if stored < stats.detections:
-        from ferlite.errors import LogError
+    stats, results = run(cfg)
+    typer.echo(f"run {results.run_id}: {stats.frames} frames, {stats.skipped} skipped, {stats.read_failures} failed "
+               f"reads, {results.stored} faces logged to {cfg.log_path()}", err=True)
+    from ferlite.errors import LogError, SourceError
 
-        raise LogError(f"{cfg.log_path()}: only {stored} of {stats.detections} faces were stored "
-                       "(the disk was full or the database locked; see the warnings above)")
+    if results.dropped:
+        raise LogError(f"{cfg.log_path()}: {results.dropped} of {stats.detections} faces were lost (the disk was full "
+                       "or the database locked past the retries; see the warnings above)")
+    if stats.broken:
+        raise SourceError(f"the source ended early: {stats.broken}")
     if stats.frames == 0 and (stats.skipped or stats.read_failures):
-        from ferlite.errors import SourceError
-
         raise SourceError(f"{cfg.source or 'the camera'}: no frame could be used")
 
 
@@ -473,36 +496,46 @@ def bench_cmd(
     print_bench(report, json_out)
 
 
-LogArg = Annotated[Path, typer.Argument(help="Results log, SQLite or JSONL.")]
+LogArg = Annotated[str, typer.Argument(help="Results log (SQLite or JSONL), or a database `ferlite collect` "
+                                           "filled: a file or postgresql://...")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="A collected database: only this device's runs.")]
+
+
+def _log_reader(log: str, device: str | None):
+    """A device's results log, or a collected database (SQLite or PostgreSQL), with `device` one device's runs."""
+    from ferlite.device.fleet.store import PostgresReader, is_postgres
+    from ferlite.device.log import open_reader
+
+    return PostgresReader(log, device) if is_postgres(log) else open_reader(log, device)
 
 
 @log_app.command("summary")
 def log_summary_cmd(
-    log: LogArg = Path("results.db"),
+    log: LogArg = "results.db",
     json_out: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    device: DeviceOpt = None,
 ) -> None:
     """Each run: source, detector, frames, faces, tracks and faces per label."""
-    from ferlite.device.log import open_reader
     from ferlite.device.logview import print_summary, summarize
 
-    print_summary(summarize(open_reader(log)), json_out)
+    print_summary(summarize(_log_reader(log, device)), json_out)
 
 
 @log_app.command("export")
 def log_export_cmd(
-    log: LogArg = Path("results.db"),
+    log: LogArg = "results.db",
     csv_out: Annotated[str | None, typer.Option("--csv", help="Write CSV here ('-': stdout).")] = None,
     jsonl_out: Annotated[str | None, typer.Option("--jsonl", help="Write JSON lines here ('-': stdout).")] = None,
     counts: Annotated[bool, typer.Option(help="Export the per-minute counts (privacy runs) instead of "
                                               "detections.")] = False,
+    device: DeviceOpt = None,
 ) -> None:
     """Export detections (or per-minute counts) as CSV or JSON lines."""
-    from ferlite.device.log import open_reader
     from ferlite.device.logview import export
 
     if (csv_out is None) == (jsonl_out is None):
         raise ConfigError("give exactly one of --csv FILE or --jsonl FILE")
-    rows = export(open_reader(log), csv_out or jsonl_out, "csv" if csv_out else "jsonl", counts=counts)
+    rows = export(_log_reader(log, device), csv_out or jsonl_out, "csv" if csv_out else "jsonl", counts=counts)
     if (csv_out or jsonl_out) != "-":
         typer.echo(f"{rows} rows written to {csv_out or jsonl_out}", err=True)
 
@@ -510,18 +543,18 @@ def log_export_cmd(
 @log_app.command("plot")
 def log_plot_cmd(
     out: Annotated[Path, typer.Option("--out", help="PNG to write.")],
-    log: LogArg = Path("results.db"),
+    log: LogArg = "results.db",
     run: Annotated[int | None, typer.Option(help="Only this run (default: all).")] = None,
+    device: DeviceOpt = None,
 ) -> None:
     """Emotion timeline (faces per label per minute) and distribution, as one PNG."""
-    from ferlite.device.log import open_reader
     from ferlite.device.logview import timeline
     from ferlite.plots import emotions_png
 
-    minutes, series = timeline(open_reader(log), run)
+    minutes, series = timeline(_log_reader(log, device), run)
     if not minutes:
         raise ConfigError(f"{log}: no results to plot" + (f" for run {run}" if run is not None else ""))
-    emotions_png(minutes, series, out, title=f"{log.name}" + (f" run {run}" if run is not None else ""))
+    emotions_png(minutes, series, out, title=f"{Path(log).name}" + (f" run {run}" if run is not None else ""))
     typer.echo(f"plot: {out}", err=True)
 
 
@@ -602,6 +635,236 @@ def service_status_cmd(
 
     typer.echo(service.systemctl_status())
     typer.echo(service.recent_results(log, minutes))
+
+
+# `ferlite serve`: the read-only local dashboard over a results log (device/serve/).
+
+@app.command("serve")
+def serve_cmd(
+    log: Annotated[Path, typer.Argument(help="A device's SQLite results log, or a fleet collector's SQLite "
+                                             "database.")] = Path("results.db"),
+    host: Annotated[str, typer.Option(help="Address to listen on; any but localhost needs the token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free one).")] = 8765,
+    token_file: Annotated[Path | None, typer.Option(help="File holding the access token (else FERLITE_SERVE_TOKEN; "
+                                                          "else one is generated and printed on a non-local bind).")]
+    = None,
+) -> None:
+    """Serve the Now, Timeline, Runs and Tracks views of a results log in the browser, read-only."""
+    import os
+
+    from ferlite.device.serve.app import read_token, serve
+
+    serve(log, host, port, read_token(token_file, dict(os.environ)), lambda line: typer.echo(line, err=True))
+
+
+# Fleet: many devices into one place over MQTT (ferlite[fleet]): publish a log, collect into one database.
+
+MqttOpt = Annotated[str, typer.Option("--mqtt", help="Broker: mqtt://HOST[:PORT] or mqtts://HOST[:PORT]; CA file "
+                                                     "and credentials come from --config.")]
+FLEET_CONFIG_HELP = "TOML file with device_id, mqtt_ca, mqtt_username and mqtt_password(_file) (`ferlite config init`)."
+
+
+@app.command("publish")
+def publish_cmd(
+    ctx: typer.Context,
+    mqtt: MqttOpt,
+    log: Annotated[Path, typer.Argument(help="The SQLite results log to send.")] = Path("results.db"),
+    config: Annotated[Path | None, typer.Option(help=FLEET_CONFIG_HELP)] = None,
+    device_id: Annotated[str | None, typer.Option(help=HELP["device_id"])] = _RUN.device_id,
+    wait: Annotated[float, typer.Option(help="Give up after this many seconds without progress (the broker away "
+                                             "or refusing).")] = 30.0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print what was sent as JSON.")] = False,
+) -> None:
+    """Send what a results log holds that the broker has not acknowledged yet (a Pi that was offline, a
+    run without --mqtt); it goes on from the log's cursor and can be run again at any time."""
+    import logging
+    from dataclasses import asdict
+
+    from ferlite.device.fleet.broker import broker_from_config, device_name
+    from ferlite.device.fleet.publish import LogFeed, drain
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s", stream=sys.stderr)
+    cfg = _device_config(ctx, config)
+    broker = broker_from_config(cfg, mqtt)
+    device = device_name(cfg)
+    sent = drain(LogFeed(log, device, broker.name), broker, f"ferlite-{device}-publish", wait)
+    if json_out:
+        from ferlite.console import emit_json
+
+        emit_json({"device": device, "broker": broker.name, **asdict(sent)})
+        return
+    typer.echo(f"{device} -> {broker.name}: {sent.runs} run updates, {sent.events} track events, {sent.counts} "
+               "per-minute counts acknowledged; the log's cursor is at its end", err=True)
+
+
+@app.command("collect")
+def collect_cmd(
+    ctx: typer.Context,
+    mqtt: MqttOpt,
+    db: Annotated[str, typer.Option("--db", help="Where to store: a SQLite file, or postgresql://USER@HOST:PORT/DB "
+                                                 "(psycopg 3).")] = "collected.db",
+    config: Annotated[Path | None, typer.Option(help=FLEET_CONFIG_HELP)] = None,
+    client_id: Annotated[str | None, typer.Option(help="MQTT client id; the broker keeps this collector's messages "
+                                                       "under it while it is away (default: "
+                                                       "ferlite-collect-HOSTNAME).")] = None,
+) -> None:
+    """Subscribe to ferlite/# and store every device's runs, track events and counts in one database,
+    until Ctrl-C or SIGTERM; duplicates are dropped, malformed messages said and ignored."""
+    import logging
+
+    from ferlite.device.fleet.broker import broker_from_config, device_name
+    from ferlite.device.fleet.collect import collect_until_signal
+    from ferlite.device.fleet.store import CollectedDb
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    cfg = _device_config(ctx, config)
+    broker = broker_from_config(cfg, mqtt)
+    store = CollectedDb(db)
+    typer.echo(f"collecting ferlite/# from {broker.name} into {store.name}; Ctrl-C to stop", err=True)
+    try:
+        stats = collect_until_signal(broker, store, client_id or f"ferlite-collect-{device_name(cfg)}")
+    finally:
+        store.close()
+    typer.echo(f"stored {stats['runs']} run updates, {stats['events']} track events, {stats['counts']} per-minute "
+               f"counts; dropped {stats['duplicates']} duplicates, ignored {stats['ignored']} malformed messages",
+               err=True)
+
+
+# Personalising: the user's own faces, saved as the model sees them (`ferlite train cnn --init` learns from them).
+
+@app.command("capture")
+def capture_cmd(
+    ctx: typer.Context,
+    label: Annotated[str, typer.Option(help="The expression shown, e.g. happy: faces go to OUT/LABEL/.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Dataset folder, one sub-folder per label.")],
+    config: Annotated[Path | None, typer.Option(help=CONFIG_HELP)] = None,
+    camera: Annotated[bool, typer.Option("--camera", help=HELP["camera"])] = _RUN.camera,
+    source: Annotated[str | None, typer.Option(help=HELP["source"])] = _RUN.source,
+    every: Annotated[int, typer.Option(help="Save each tracked face every N frames (photos: every face).")] = 5,
+    subject: Annotated[str | None, typer.Option(help="Who is shown: files are named SUBJECT__..., so training "
+                                                "holds out whole people.")] = None,
+    max_faces: Annotated[int, typer.Option(help="Stop after saving this many faces (0: no limit).")] = 0,
+    bundle: Annotated[Path | None, typer.Option(help=HELP["bundle"])] = None,
+    detector: Annotated[str | None, typer.Option(help=DETECTOR_HELP)] = _RUN.detector,
+    min_face: Annotated[int, typer.Option(help=HELP["min_face"])] = _RUN.min_face,
+    max_frames: Annotated[int, typer.Option(help=HELP["max_frames"])] = _RUN.max_frames,
+) -> None:
+    """Save the faces the device sees, aligned and framed as the model sees them, into OUT/LABEL/ (this
+    writes face pixels)."""
+    from ferlite.config import build_config
+    from ferlite.device.capture import capture
+
+    done = capture(build_config(config, _given(ctx)), label, out, every, subject, max_faces)
+    typer.echo(f"{done.saved} faces saved to {done.folder} from {done.frames} frames ({done.faces} faces seen)",
+               err=True)
+    if not done.saved:
+        from ferlite.errors import SourceError
+
+        raise SourceError(f"{source or 'the camera'}: no face to save")
+
+
+# `ferlite explain`: why the model said what it said. Occlusion maps, error gallery, reliability and confusion
+# on the device runtime (device/explain.py); a .keras model adds Grad-CAM and first-layer figures (training/explain.py).
+
+def _explained_model(path: Path, threads: int | None):
+    """(model, extra maps, manifest) for `ferlite explain`: an int8 CNN bundle on the device runtime, or a
+    float .keras model (manifest None), which alone brings Grad-CAM (and TensorFlow)."""
+    if path.suffix == ".keras":
+        from ferlite.training.explain import grad_cam_maps
+        from ferlite.training.keras_model import KerasPredictor
+
+        model = KerasPredictor(path)
+        return model, grad_cam_maps(model.model, model.labels), None
+    from ferlite.bundle import read_bundle
+    from ferlite.runtime import Predictor
+
+    bundle = read_bundle(path)
+    if bundle.manifest.kind != "cnn":
+        raise ConfigError(f"{path}: explain hides parts of the face image, which a {bundle.manifest.kind} bundle "
+                          "never sees; give a CNN bundle")
+    return Predictor(bundle, threads), None, bundle.manifest
+
+
+def _explain_data(model, manifest, data: str, out: Path, name: str, gallery) -> dict:
+    """The dataset report of `ferlite explain --data`; a .keras model's first-layer figure goes beside it."""
+    from ferlite.device.explain import explain_dataset
+    from ferlite.evaluate import Truth
+
+    if manifest is not None:
+        from ferlite.inputs import dataset_inputs
+
+        dataset = Truth().faces(data, model.labels)
+        return explain_dataset(model, dataset, dataset_inputs(manifest, dataset.images), out, name, gallery)
+    from ferlite.preprocess import PreprocessSpec
+    from ferlite.training.explain import first_layer_png
+
+    dataset = Truth().faces(data, model.labels, PreprocessSpec(size=model.size))
+    out.mkdir(parents=True, exist_ok=True)
+    first_layer_png(model.model, dataset.images, dataset.labels, model.labels, out / "first-layer.png")
+    return explain_dataset(model, dataset, dataset.images, out, name, gallery,
+                           (("first layer: kernels and mean activation per class", "first-layer.png"),))
+
+
+@app.command("explain")
+def explain_cmd(
+    ctx: typer.Context,
+    photos: Annotated[list[Path] | None, typer.Argument(metavar="PHOTO_OR_FOLDER", help="Photos, or folders "
+                                                        "of them: one PNG per face.")] = None,
+    data: Annotated[str | None, typer.Option(help="Labelled faces instead of photos (.npz, FER2013 .csv[:Usage], "
+                                             "a folder per class): error gallery, reliability, confusion.")] = None,
+    out: Annotated[Path, typer.Option("-o", "--out", help="Folder for the PNGs and index.html.")] = Path("explain"),
+    bundle: Annotated[Path | None, typer.Option(help="CNN bundle or shipped name (default: the shipped CNN), or a "
+                                                     ".keras model (ferlite[train]): adds Grad-CAM and the first "
+                                                     "layer's kernels and mean activations per class.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON.")] = False,
+    patch: Annotated[int, typer.Option(min=2, help="Side of the occluding patch, in model-input pixels.")] = 8,
+    stride: Annotated[int, typer.Option(min=1, help="Step of the occluding patch, in model-input pixels.")] = 4,
+    pairs: Annotated[int, typer.Option(min=1, help="With --data: confused class pairs in the gallery.")] = 4,
+    per_pair: Annotated[int, typer.Option(min=1, help="With --data: mistakes shown per pair.")] = 6,
+    config: Annotated[Path | None, typer.Option(help=CONFIG_HELP)] = None,
+    detector: Annotated[str | None, typer.Option(help=DETECTOR_HELP)] = _RUN.detector,
+    min_face: Annotated[int, typer.Option(help=HELP["min_face"])] = _RUN.min_face,
+    detect_width: Annotated[int, typer.Option(help=HELP["detect_width"])] = _RUN.detect_width,
+    threads: Annotated[int | None, typer.Option(help=HELP["threads"])] = _RUN.threads,
+) -> None:
+    """Why the model said it: occlusion maps per face of photos, or on labelled faces an error gallery,
+    per-class reliability and the confusion matrix; PNGs and an index.html in --out."""
+    from ferlite.console import emit_json, wrote
+    from ferlite.device import explain
+    from ferlite.errors import SourceError
+
+    if (data is None) == (not photos):
+        raise ConfigError("give photos or --data DATA (not both)")
+    cfg = _device_config(ctx, config)
+    path = _bundle_path(cfg.bundle)
+    model, extra, manifest = _explained_model(path, cfg.threads)
+    if data is not None:
+        report = _explain_data(model, manifest, data, out, path.name, explain.Gallery(pairs, per_pair))
+        if json_out:
+            emit_json(report)
+        else:
+            explain.print_dataset(report)
+        wrote(out / "index.html")
+        return
+    from ferlite.device.detectors import chosen_detector, make_detector
+    from ferlite.device.faces import FaceStep
+    from ferlite.device.sources import image_files
+
+    missing = [str(p) for p in photos if not p.exists()]
+    if missing:
+        raise SourceError(f"no such image or folder: {', '.join(missing)}")
+    files = [f for p in photos for f in (image_files(p) if p.is_dir() else [p])]
+    finder = make_detector(chosen_detector(manifest.options if manifest else {}, cfg.detector), cfg.detect_width,
+                           cfg.min_face, cfg.threads)
+    step = FaceStep(finder, model) if manifest else explain.Framer(finder, model.size)
+    records = explain.explain_photos(step, model, files, out, explain.Occlusion(patch, stride), extra)
+    if json_out:
+        emit_json(records)
+    else:
+        explain.print_photos(records)
+    wrote(out / "index.html")
+    if not any(rec["faces"] for rec in records):
+        raise SourceError(f"no face found in any of the {len(files)} photos")
 
 
 def main() -> None:
