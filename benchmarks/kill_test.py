@@ -25,8 +25,13 @@ from clips import group_clip
 
 
 def _newest(db: Path, run_id: int) -> float | None:
+    """The time of run `run_id`'s newest stored result; None before it has one (or before the run has
+    made its tables: the file exists a moment earlier)."""
     with closing(sqlite3.connect(db)) as con:
-        (last,) = con.execute("SELECT MAX(time_utc) FROM detections WHERE run_id = ?", (run_id,)).fetchone()
+        try:
+            (last,) = con.execute("SELECT MAX(time_utc) FROM detections WHERE run_id = ?", (run_id,)).fetchone()
+        except sqlite3.OperationalError:
+            return None
     return datetime.fromisoformat(last.replace("Z", "+00:00")).timestamp() if last else None
 
 

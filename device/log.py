@@ -113,6 +113,7 @@ class ResultsLog(Protocol):
     run_id: int
     frames: int
     skipped: int
+    read_failures: int
     stored: int
     dropped: int
     kept: int
@@ -122,6 +123,9 @@ class ResultsLog(Protocol):
 
     def skip(self, frames: int = 1) -> None:
         """Count frames that could not be used."""
+
+    def read_failure(self) -> None:
+        """Count a camera read that delivered no frame."""
 
     def track_events(self, t: float, results: list[Result], ended: list[int]) -> None:
         """Turn one frame's tracks into track events (new, update, end) for the next commit."""
@@ -139,7 +143,7 @@ class _BatchedLog:
     def __init__(self, path: Path, privacy: bool) -> None:
         self.path, self.privacy = path, privacy
         self.run_id = 0
-        self.frames = self.skipped = self.stored = 0
+        self.frames = self.skipped = self.stored = self.read_failures = 0
         self._pending = _Pending()
         self._seen: dict[tuple[str, str], set[int]] = {}
         self._last_commit = time.monotonic()
@@ -171,6 +175,10 @@ class _BatchedLog:
 
     def skip(self, frames: int = 1) -> None:
         self.skipped += frames
+        self._maybe_commit()
+
+    def read_failure(self) -> None:
+        self.read_failures += 1
         self._maybe_commit()
 
     def track_events(self, t: float, results: list[Result], ended: list[int]) -> None:
@@ -248,7 +256,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY, started_utc TEXT NOT NULL, stopped_utc TEXT, bundle_sha256 TEXT, labels TEXT,
     source TEXT, detector TEXT, config TEXT, privacy INTEGER NOT NULL DEFAULT 0,
-    frames INTEGER NOT NULL DEFAULT 0, skipped INTEGER NOT NULL DEFAULT 0, detections INTEGER NOT NULL DEFAULT 0);
+    frames INTEGER NOT NULL DEFAULT 0, skipped INTEGER NOT NULL DEFAULT 0, detections INTEGER NOT NULL DEFAULT 0,
+    read_failures INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS detections (
     id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL REFERENCES runs(id), time_utc TEXT NOT NULL,
     frame INTEGER NOT NULL, track INTEGER NOT NULL, x INTEGER, y INTEGER, w INTEGER, h INTEGER,
@@ -268,12 +277,18 @@ CREATE TABLE IF NOT EXISTS publish_cursor (
 """
 
 
-def _add_uncertain_column(db: sqlite3.Connection) -> None:
-    """Logs written before the `uncertain` flag get the column (0: their labels were replaced instead)."""
-    columns = {row[1] for row in db.execute("PRAGMA table_info(detections)")}
-    if "uncertain" not in columns:
-        with db:
-            db.execute("ALTER TABLE detections ADD COLUMN uncertain INTEGER NOT NULL DEFAULT 0")
+# Columns added after the first logs were written: (table, column, declaration). Old logs gain them at open.
+ADDED_COLUMNS = (
+    ("detections", "uncertain", "INTEGER NOT NULL DEFAULT 0"),  # 0: old labels were replaced instead
+    ("runs", "read_failures", "INTEGER NOT NULL DEFAULT 0"),
+)
+
+
+def _add_columns(db: sqlite3.Connection) -> None:
+    for table, column, declaration in ADDED_COLUMNS:
+        if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+            with db:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
 
 class SqliteLog(_BatchedLog):
@@ -322,7 +337,7 @@ class SqliteLog(_BatchedLog):
         self.db.execute(f"PRAGMA journal_size_limit = {wal_bytes}")  # the WAL is cut back after checkpoints
         self.db.execute(f"PRAGMA wal_autocheckpoint = {max(16, wal_bytes // 4096)}")
         self.db.executescript(SCHEMA)
-        _add_uncertain_column(self.db)
+        _add_columns(self.db)
 
     def _store(self, pending: _Pending, stopped: bool = False) -> None:
         """One transaction: the pending rows, the run's counters and, at the end, its stop time."""
@@ -337,8 +352,8 @@ class SqliteLog(_BatchedLog):
                 [(self.run_id, minute, label, n, faces) for (minute, label), (n, faces) in pending.counts.items()])
             self.db.executemany("INSERT INTO track_events (run_id, track, kind, time_utc, label, shares, frames, "
                                 "start_utc, end_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", pending.events)
-            self.db.execute("UPDATE runs SET frames = ?, skipped = ?, detections = ? WHERE id = ?",
-                            (self.frames, self.skipped, stored, self.run_id))
+            self.db.execute("UPDATE runs SET frames = ?, skipped = ?, read_failures = ?, detections = ? WHERE id = ?",
+                            (self.frames, self.skipped, self.read_failures, stored, self.run_id))
             if stopped:
                 self.db.execute("UPDATE runs SET stopped_utc = ? WHERE id = ?", (utc(time.time()), self.run_id))
         if time.monotonic() - self._last_retain >= RETAIN_EVERY_S:
@@ -413,7 +428,8 @@ class SqliteLog(_BatchedLog):
 
     def _keep_unsaved(self, exc: Exception) -> None:
         record = {"run": self.run_id, "stopped_utc": utc(time.time()), "frames": self.frames,
-                  "skipped": self.skipped, "detections": self._pending.detections, "events": self._pending.events,
+                  "skipped": self.skipped, "read_failures": self.read_failures,
+                  "detections": self._pending.detections, "events": self._pending.events,
                   "counts": [[m, label, n, faces] for (m, label), (n, faces) in self._pending.counts.items()]}
         try:
             with self.unsaved.open("a", encoding="utf-8") as f:
@@ -456,8 +472,9 @@ class SqliteLog(_BatchedLog):
                             "start_utc, end_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             [tuple(e) for e in r.get("events", [])])
         rows = len(r["detections"]) + sum(c[2] for c in r["counts"])
-        self.db.execute("UPDATE runs SET stopped_utc = ?, frames = ?, skipped = ?, detections = detections + ? "
-                        "WHERE id = ?", (r["stopped_utc"], r["frames"], r["skipped"], rows, r["run"]))
+        self.db.execute("UPDATE runs SET stopped_utc = ?, frames = ?, skipped = ?, read_failures = ?, "
+                        "detections = detections + ? WHERE id = ?",
+                        (r["stopped_utc"], r["frames"], r["skipped"], r.get("read_failures", 0), rows, r["run"]))
 
 
 class JsonlLog(_BatchedLog):
@@ -542,7 +559,8 @@ class JsonlLog(_BatchedLog):
         self._pending.clear()
         try:
             self._append([{"type": "stop", "run": self.run_id, "stopped_utc": utc(time.time()),
-                           "frames": self.frames, "skipped": self.skipped, "detections": self.stored}])
+                           "frames": self.frames, "skipped": self.skipped, "read_failures": self.read_failures,
+                           "detections": self.stored}])
         except OSError as exc:
             log.warning("results log %s: cannot record the stop (%s)", self.path, exc.strerror)
         self._file.close()
@@ -633,7 +651,7 @@ class JsonlReader:
         runs: dict[int, dict] = {}
         for record in self._records("run"):
             runs.setdefault(record["run"], {"id": record["run"], "stopped_utc": None, "frames": None,
-                                            "skipped": None, "detections": None, **record})
+                                            "skipped": None, "read_failures": None, "detections": None, **record})
         for record in self._records("stop"):
             if record["run"] in runs:
                 runs[record["run"]].update(record)

@@ -18,7 +18,7 @@ def summarize(reader: LogReader) -> list[dict]:
     Labels come from the detections, or from the per-minute counts of a privacy run.
     """
     runs = {r["id"]: {**{k: r.get(k) for k in ("id", "started_utc", "stopped_utc", "source", "detector", "frames",
-                                               "skipped", "detections", "privacy")},
+                                               "skipped", "read_failures", "detections", "privacy")},
                       **{k: r[k] for k in ("device", "device_run") if k in r},  # a collected database's
                       "tracks": 0, "uncertain": 0, "by_label": Counter()} for r in reader.runs()}
     tracks: dict[int, set[int]] = defaultdict(set)

@@ -204,6 +204,7 @@ class Pipeline:
             except CameraReadError as exc:
                 failures += 1
                 self.stats.read_failures += 1
+                self.results.read_failure()
                 delay = min(MAX_BACKOFF_S, 0.1 * 2 ** min(failures, 10))
                 if failures == 1 or failures % 10 == 0:
                     log.warning("%s (failure %d in a row); retrying in %.1f s", exc, failures, delay)

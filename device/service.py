@@ -13,6 +13,7 @@ from pathlib import Path
 from ferlite.errors import FerliteError
 
 UNIT_NAME = "ferlite.service"
+SERVE_UNIT = "ferlite-serve.service"  # the optional dashboard, beside the camera service
 UNIT_DIR = Path("/etc/systemd/system")
 CONFIG_PATH = Path("/etc/ferlite/ferlite.toml")
 STATE_DB = Path("/var/lib/ferlite/results.db")
@@ -67,30 +68,32 @@ def check_reachable(executable: Path) -> None:
                                    f"ferlite in a venv such as {VENV} with a system Python (docs/raspberry-pi.md)")
 
 
-def render_unit(executable: Path, config: Path = CONFIG_PATH) -> str:
-    """The unit file with ExecStart pointing at `executable` and `--config config`."""
-    template = resources.files("ferlite.systemd").joinpath(UNIT_NAME).read_text()
+def render_unit(executable: Path, config: Path = CONFIG_PATH, unit: str = UNIT_NAME) -> str:
+    """The unit file with ExecStart pointing at `executable` (and, for the camera service, `--config config`)."""
+    template = resources.files("ferlite.systemd").joinpath(unit).read_text()
     return template.replace("{executable}", str(executable)).replace("{config}", str(config))
 
 
 def install_steps(executable: Path, config_text: str, unit_dir: Path = UNIT_DIR,
-                  config: Path = CONFIG_PATH) -> list[Step]:
-    steps = [Step(f"write {unit_dir / UNIT_NAME}", write=(unit_dir / UNIT_NAME, render_unit(executable, config)))]
-    if not config.exists():
+                  config: Path = CONFIG_PATH, unit: str = UNIT_NAME) -> list[Step]:
+    """Write `unit` (and, for the camera service, a default config if there is none), reload, start."""
+    name = unit.removesuffix(".service")
+    steps = [Step(f"write {unit_dir / unit}", write=(unit_dir / unit, render_unit(executable, config, unit)))]
+    if unit == UNIT_NAME and not config.exists():
         steps.append(Step(f"write default config {config}", write=(config, config_text)))
     steps += [
         Step("reload systemd", ["systemctl", "daemon-reload"]),
         # --no-block: without its camera yet, the service keeps retrying; install need not wait for it.
-        Step("enable and start ferlite", ["systemctl", "enable", "--now", "--no-block", UNIT_NAME]),
+        Step(f"enable and start {name}", ["systemctl", "enable", "--now", "--no-block", unit]),
     ]
     return steps
 
 
-def uninstall_steps(unit_dir: Path = UNIT_DIR) -> list[Step]:
+def uninstall_steps(unit_dir: Path = UNIT_DIR, unit: str = UNIT_NAME) -> list[Step]:
     """Stop and remove the unit; the config and the results database are kept."""
     return [
-        Step("stop and disable ferlite", ["systemctl", "disable", "--now", UNIT_NAME]),
-        Step(f"remove {unit_dir / UNIT_NAME}", ["rm", "-f", str(unit_dir / UNIT_NAME)]),
+        Step(f"stop and disable {unit.removesuffix('.service')}", ["systemctl", "disable", "--now", unit]),
+        Step(f"remove {unit_dir / unit}", ["rm", "-f", str(unit_dir / unit)]),
         Step("reload systemd", ["systemctl", "daemon-reload"]),
     ]
 

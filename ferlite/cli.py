@@ -593,15 +593,21 @@ def config_init_cmd(
     wrote(path)
 
 
+SERVE_HELP = "The dashboard's unit instead (ferlite-serve.service: `ferlite serve` of the service's log, on localhost)."
+
+
 @service_app.command("install")
 def service_install_cmd(
     dry_run: Annotated[bool, typer.Option(help="Print the unit, the config and each step; change nothing.")] = False,
     config: Annotated[Path, typer.Option(help="Config file the service reads.")] = CONFIG_PATH,
     unit_dir: Annotated[Path, typer.Option(help="Where unit files live.")] = UNIT_DIR,
+    serve: Annotated[bool, typer.Option("--serve", help=SERVE_HELP)] = False,
 ) -> None:
-    """Install, enable and start the hardened systemd unit running `ferlite run --camera`."""
+    """Install, enable and start the hardened systemd unit running `ferlite run --camera` (or, with --serve,
+    the dashboard's)."""
     from ferlite.device import service
 
+    unit = service.SERVE_UNIT if serve else service.UNIT_NAME
     executable = service.ferlite_executable()
     try:
         service.check_reachable(executable)
@@ -609,20 +615,23 @@ def service_install_cmd(
         if not dry_run:
             raise
         typer.echo(f"warning: {exc}", err=True)  # the dry run still shows what would be written
-    steps = service.install_steps(executable, _default_config_text(), unit_dir, config)
+    steps = service.install_steps(executable, _default_config_text(), unit_dir, config, unit)
+    name = unit.removesuffix(".service")
     typer.echo(service.perform(steps, dry_run)
-               or "ferlite.service installed and starting; follow it with: journalctl -u ferlite -f")
+               or f"{unit} installed and starting; follow it with: journalctl -u {name} -f")
 
 
 @service_app.command("uninstall")
 def service_uninstall_cmd(
     dry_run: Annotated[bool, typer.Option(help="Print each step; change nothing.")] = False,
     unit_dir: Annotated[Path, typer.Option(help="Where unit files live.")] = UNIT_DIR,
+    serve: Annotated[bool, typer.Option("--serve", help=SERVE_HELP)] = False,
 ) -> None:
     """Stop, disable and remove the unit (the config and the results are kept)."""
     from ferlite.device import service
 
-    typer.echo(service.perform(service.uninstall_steps(unit_dir), dry_run) or "ferlite.service removed")
+    unit = service.SERVE_UNIT if serve else service.UNIT_NAME
+    typer.echo(service.perform(service.uninstall_steps(unit_dir, unit), dry_run) or f"{unit} removed")
 
 
 @service_app.command("status")

@@ -146,7 +146,8 @@ def test_fake_picamera2_runs_and_logs(tiny_bundle, tmp_path, monkeypatch, caplog
     # 20 frames, captures 7, 14 and 21 that failed, and perhaps the one read ahead while frame 20 was processed
     assert camera.calls.count("capture_array") in (23, 24)
     assert sum("timed out" in r.getMessage() for r in caplog.records) == 3
-    assert query(db, "SELECT source, frames, stopped_utc IS NOT NULL FROM runs") == [("picamera2", 20, 1)]
+    assert query(db, "SELECT source, frames, read_failures, stopped_utc IS NOT NULL FROM runs") == [
+        ("picamera2", 20, 3, 1)]
     rows = query(db, "SELECT DISTINCT track, COUNT(*), MIN(x) FROM detections GROUP BY track")
     assert len(rows) == 1 and rows[0][1] == 20 and 150 < rows[0][2] < 250
 

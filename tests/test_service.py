@@ -75,6 +75,19 @@ def test_install_dry_run_shows_unit_config_and_steps(tmp_path):
     assert "default config" not in again.stdout, "an existing config is never overwritten"
 
 
+def test_install_serve_writes_the_dashboards_unit_only(tmp_path):
+    result = run_cli("service", "install", "--serve", "--dry-run", "--config", tmp_path / "f.toml",
+                     "--unit-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert f"1. write {tmp_path / 'ferlite-serve.service'}" in out and "default config" not in out
+    assert re.search(r"ExecStart=/\S+/ferlite serve /var/lib/ferlite/results.db --host 127.0.0.1", out)
+    assert "{executable}" not in out
+    assert "3. enable and start ferlite-serve: systemctl enable --now --no-block ferlite-serve.service" in out
+    removal = run_cli("service", "uninstall", "--serve", "--dry-run", "--unit-dir", tmp_path).stdout
+    assert f"rm -f {tmp_path / 'ferlite-serve.service'}" in removal and "ferlite.service" not in removal
+
+
 def test_config_precedence_flag_over_file_over_default(tmp_path):
     path = tmp_path / "ferlite.toml"
     path.write_text('source = "clip.avi"\ndetector = "dlib"\nthreshold = 0.6\nmax_fps = 5\n')

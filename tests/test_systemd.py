@@ -114,7 +114,7 @@ def installed():
                f"/etc/systemd/system/ferlite.service.d /var/lib/private/ferlite/*; systemctl daemon-reload; "
                f"systemctl reset-failed ferlite 2>/dev/null; [ -x {VENV}/bin/python ] || "
                f"python3 -m venv --system-site-packages {VENV}")
-        inside(f"{VENV}/bin/pip install -q --disable-pip-version-check '/opt/src[device]'", timeout=1200)
+        inside(f"{VENV}/bin/pip install -q --disable-pip-version-check '/opt/src[device,serve]'", timeout=1200)
         print(inside(f"{VENV}/bin/ferlite service install --dry-run | tail -n 4"))
         (root / DROP_IN.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
         (root / DROP_IN.lstrip("/")).write_text(VIDEO_CONF)
@@ -122,6 +122,7 @@ def installed():
         print(inside(f"{VENV}/bin/ferlite service install"))
         yield started
     finally:
+        inside(f"{VENV}/bin/ferlite service uninstall --serve", check=False)
         inside(f"{VENV}/bin/ferlite service uninstall", check=False)
         inside("rm -rf /etc/systemd/system/ferlite.service.d; systemctl daemon-reload", check=False)
         box("stop", check=False)
@@ -160,6 +161,22 @@ def test_sigterm_stops_cleanly_with_the_stop_time_logged(installed):
     print("runs:", [(r["id"], r["frames"], r["detections"], r["stopped_utc"]) for r in runs])
     assert len(runs) == 2 and runs[0]["stopped_utc"] is None  # the killed run could not say when it stopped
     assert runs[1]["stopped_utc"] and runs[1]["frames"] > 10 and runs[1]["detections"] >= 5 * runs[1]["frames"]
+
+
+def test_the_dashboard_unit_serves_the_services_log(installed):
+    print(inside(f"{VENV}/bin/ferlite service install --serve"))
+    fetch = ("python3 -c \"import urllib.request; r = urllib.request.urlopen('http://127.0.0.1:8765/api/runs', "
+             "timeout=2); print(r.status, r.read().decode())\"")
+    answer = {}
+
+    def answered() -> bool:
+        answer["text"] = inside(fetch, check=False)
+        return answer["text"].startswith("200 ")
+
+    took = wait_for(answered, 60, "the dashboard answering on 127.0.0.1:8765")
+    print(f"ferlite-serve.service answered {took:.1f} s after `service install --serve`; "
+          f"exposure: {inside('systemd-analyze security ferlite-serve.service --no-pager | tail -n 1').strip()}")
+    assert '"frames"' in answer["text"] and "long.avi" in answer["text"], answer["text"][:500]
 
 
 def test_inference_under_the_unit_is_within_1_5x_of_outside(installed):
