@@ -390,3 +390,22 @@ def test_a_fleet_database_filters_and_names_devices(real_log, tmp_path, browser)
         assert "device" in view.text and "pi-door" in view.text and "pi-hall" in view.text
     finally:
         server.stop()
+
+
+def test_tracks_of_a_collected_database_come_from_its_track_events(real_log, server, tmp_path):
+    """A fleet collector stores track events, not detections: Tracks shows the same tracks from them."""
+    from_detections = json.loads(get(server.port, "/api/tracks?run=1")[2])
+    fleet = tmp_path / "collected.db"
+    shutil.copy(real_log, fleet)
+    with closing(sqlite3.connect(fleet)) as db, db:
+        assert db.execute("SELECT COUNT(*) FROM track_events WHERE run_id = 1 AND kind = 'end'").fetchone()[0] == 6
+        db.execute("DELETE FROM detections")
+    collected = Server(fleet)
+    try:
+        from_events = json.loads(get(collected.port, "/api/tracks?run=1")[2])
+    finally:
+        collected.stop()
+    keys = ("track", "first_utc", "last_utc", "faces", "by_label")
+    assert [{k: t[k] for k in keys} for t in from_events["tracks"]] == [
+        {k: t[k] for k in keys} for t in from_detections["tracks"]]
+    assert from_events["total"] == 6

@@ -116,6 +116,20 @@ class _FirstSeen:
             self._runs = {run: v for run, v in self._runs.items() if run in runs}
 
 
+def _tracks_from_events(db: sqlite3.Connection, run: int) -> dict[int, dict]:
+    """A run's tracks from their `end` events, for a log without per-face rows: a collected fleet database
+    keeps the events and counts its devices publish, not their detections."""
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'track_events'").fetchone():
+        return {}
+    per = {}
+    for track, start, end, frames, shares in db.execute(
+            "SELECT track, start_utc, end_utc, frames, shares FROM track_events WHERE run_id = ? AND kind = 'end'",
+            (run,)):
+        by_label = {label: round(share * frames) for label, share in json.loads(shares).items() if share > 0}
+        per[track] = {"track": track, "first_utc": start, "last_utc": end or start, "by_label": by_label}
+    return per
+
+
 def _seconds(start: str, end: str) -> float:
     parse = lambda t: datetime.fromisoformat(t.replace("Z", "+00:00"))  # noqa: E731
     return round((parse(end) - parse(start)).total_seconds(), 1)
@@ -322,6 +336,8 @@ class LogData:
                 t = per.setdefault(track, {"track": track, "first_utc": first, "last_utc": last, "by_label": {}})
                 t["first_utc"], t["last_utc"] = min(t["first_utc"], first), max(t["last_utc"], last)
                 t["by_label"][label] = n
+            if not per:
+                per = _tracks_from_events(db, run)
         tracks = sorted(per.values(), key=lambda t: t["track"])
         for t in tracks:
             t["duration_s"] = _seconds(t["first_utc"], t["last_utc"])
