@@ -409,3 +409,31 @@ def test_tracks_of_a_collected_database_come_from_its_track_events(real_log, ser
     assert [{k: t[k] for k in keys} for t in from_events["tracks"]] == [
         {k: t[k] for k in keys} for t in from_detections["tracks"]]
     assert from_events["total"] == 6
+
+
+def test_now_of_a_collected_database_shows_what_each_device_reports(tmp_path, browser):
+    """A collector stores each device's retained `state` (the faces in view per label), not its faces:
+    Now shows that report for a device's running run. Stored by the collector's own code."""
+    import time as clock
+
+    from ferlite.device.fleet.messages import parse, run_message, state_message
+    from ferlite.device.fleet.store import CollectedDb
+    from ferlite.device.log import utc
+
+    fleet = CollectedDb(str(tmp_path / "fleet.db"))
+    run = {"id": 7, "started_utc": utc(clock.time() - 60), "stopped_utc": None, "bundle_sha256": "ab",  # a log row
+           "labels": '["happy", "neutral"]', "source": "picamera2", "detector": "yunet", "config": "{}", "privacy": 0,
+           "frames": 600, "skipped": 0, "detections": 1800}
+    for message in (run_message("pi-door", run), state_message("pi-door", 7, utc(clock.time()), {"happy": 2,
+                                                                                                  "neutral": 1})):
+        assert fleet.put(parse(message.topic, message.payload.encode()))
+    fleet.close()
+    server = Server(tmp_path / "fleet.db")
+    try:
+        (entry,) = json.loads(get(server.port, "/api/now")[2])["runs"]
+        assert entry["device"] == "pi-door" and entry["reported"]["faces"] == 3
+        assert entry["reported"]["labels"] == {"happy": 2, "neutral": 1}
+        view = open_view(browser, server.url + "#now", "now")
+        assert "As pi-door reported" in view.text and "happy 2" in view.text
+    finally:
+        server.stop()

@@ -116,6 +116,18 @@ class _FirstSeen:
             self._runs = {run: v for run, v in self._runs.items() if run in runs}
 
 
+def _reported_state(db: sqlite3.Connection, device: str, now: float) -> dict | None:
+    """What a device last reported it sees (its retained MQTT `state`, as a fleet collector stores it in
+    `devices`), when that is fresh: a collected database holds no per-face rows to show instead."""
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'devices'").fetchone():
+        return None
+    row = db.execute("SELECT state FROM devices WHERE device = ?", (device,)).fetchone()
+    state = json.loads(row[0]) if row and row[0] else None
+    if not state or state.get("time_utc", "") < utc(now - LIVE_FACES_S):
+        return None
+    return {"time_utc": state["time_utc"], "faces": state["faces"], "labels": state["labels"]}
+
+
 def _tracks_from_events(db: sqlite3.Connection, run: int) -> dict[int, dict]:
     """A run's tracks from their `end` events, for a log without per-face rows: a collected fleet database
     keeps the events and counts its devices publish, not their detections."""
@@ -257,6 +269,8 @@ class LogData:
                     entry["minute_utc"] = minute
                 else:
                     entry.update(self._latest_frame(db, row["id"], row["started_utc"], now))
+                if not entry["faces"] and row["device"] is not None:
+                    entry["reported"] = _reported_state(db, row["device"], now)
                 out.append(entry)
         self._first_seen.keep(live)
         return {"time_utc": utc(now), "runs": out}

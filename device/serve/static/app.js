@@ -78,6 +78,14 @@ async function now() {
           ...counts.map(([label, n]) => el("div", { "data-label": label }, `${label} ${n}`)))
           : el("p", {}, "no faces yet this minute"));
     }
+    if (run.reported) {
+      const counts = Object.entries(run.reported.labels);
+      return el("section", {}, head, el("p", { class: "muted" },
+        `As ${run.device} reported at ${run.reported.time_utc.slice(11, 19)} UTC: `,
+        el("span", { "data-field": "reported" }, String(run.reported.faces)), " face(s) in view"),
+        counts.length ? el("div", {}, shares(counts), legend(counts.map(([label]) => label)),
+          ...counts.map(([label, n]) => el("div", { "data-label": label }, `${label} ${n}`))) : "");
+    }
     if (!run.faces.length) return el("section", {}, head, el("p", { class: "muted" }, "No face in view."));
     const cards = run.faces.map((face) => faceCard(face, run.labels));
     return el("section", {}, head, el("div", { class: "faces" }, ...cards));
