@@ -190,12 +190,9 @@ def bench_pipeline(cfg: RunConfig, frames: int, warmup: int) -> dict:
 
 def real_faces(cfg: RunConfig, predictor: Predictor) -> np.ndarray:
     """Model inputs for up to MAX_FACES faces detected in the source, as the pipeline would prepare them."""
-    from ferlite.device.detectors import chosen_detector, make_detector
-    from ferlite.device.faces import FaceStep
+    from ferlite.device.faces import face_step
 
-    detector = make_detector(chosen_detector(predictor.bundle.manifest.options, cfg.detector), cfg.detect_width,
-                             cfg.min_face, cfg.threads)
-    step = FaceStep(detector, predictor)
+    step = face_step(cfg, predictor)
     source = open_source(str(cfg.source))
     found = []
     try:
@@ -211,7 +208,7 @@ def real_faces(cfg: RunConfig, predictor: Predictor) -> np.ndarray:
     finally:
         source.close()
     if not found:
-        raise SourceError(f"{cfg.source}: no face found by the {detector.name} detector; give --source with faces")
+        raise SourceError(f"{cfg.source}: no face found by the {step.detector.name} detector; give --source with faces")
     return np.concatenate(found)[:MAX_FACES]
 
 

@@ -42,27 +42,21 @@ def capture(cfg: RunConfig, label: str, out: Path, every: int = 5, subject: str 
     every `every` frames (every face of every photo for a folder of photos), at most `max_faces` (0: no limit)."""
     import cv2
 
-    from ferlite.bundle import read_bundle
-    from ferlite.device.detectors import chosen_detector, make_detector
-    from ferlite.device.faces import FaceStep
-    from ferlite.device.run import bundle_path
-    from ferlite.device.sources import BadFrameError, CameraReadError, CaptureThread, open_camera, open_source
+    from ferlite.device.faces import face_step
+    from ferlite.device.run import frame_source
+    from ferlite.device.sources import BadFrameError, CameraReadError, CaptureThread
     from ferlite.device.tracker import Tracker
-    from ferlite.runtime import Predictor
 
     cfg.validate()
     if every < 1 or max_faces < 0:
         raise ConfigError("--every must be >= 1 and --max-faces >= 0")
     folder = out / _name(label, "label")
     prefix = f"{_name(subject, 'subject')}{SUBJECT_SEP}" if subject else ""
-    predictor = Predictor(read_bundle(bundle_path(cfg)), cfg.threads)
-    if not KINDS[predictor.bundle.manifest.kind].images:
-        raise ConfigError(f"a {predictor.bundle.manifest.kind} bundle takes no face images; capture for a CNN bundle")
-    detector = make_detector(chosen_detector(predictor.bundle.manifest.options, cfg.detector), cfg.detect_width,
-                             cfg.min_face, cfg.threads)
-    step = FaceStep(detector, predictor)
-    size = (cfg.width, cfg.height) if cfg.width and cfg.height else None
-    source = open_camera(size, cfg.max_fps) if cfg.camera else open_source(str(cfg.source), size, cfg.max_fps)
+    step = face_step(cfg)
+    kind = step.predictor.bundle.manifest.kind
+    if not KINDS[kind].images:
+        raise ConfigError(f"a {kind} bundle takes no face images; capture for a CNN bundle")
+    source = frame_source(cfg)
     reader = CaptureThread(source)
     tracker = Tracker(cfg.iou, 1.0, cfg.max_missed)
     folder.mkdir(parents=True, exist_ok=True)

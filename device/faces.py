@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ferlite.config import RunConfig
 from ferlite.device.detectors.base import Detector
 from ferlite.inputs import Face, face_inputs
 from ferlite.preprocess import to_gray
@@ -38,3 +39,16 @@ class FaceStep:
         """The image's faces and their probabilities."""
         faces = self.find(image)
         return faces, self.score(image, faces)
+
+
+def face_step(cfg: RunConfig, predictor: Predictor | None = None) -> FaceStep:
+    """The face step `cfg` asks for: its bundle's predictor (unless one is given) and the detector it names,
+    else the one the bundle was framed for."""
+    from ferlite.bundle import read_bundle
+    from ferlite.bundles import bundle_path
+    from ferlite.device.detectors import chosen_detector, make_detector
+
+    predictor = predictor or Predictor(read_bundle(bundle_path(cfg.bundle)), cfg.threads)
+    detector = make_detector(chosen_detector(predictor.bundle.manifest.options, cfg.detector), cfg.detect_width,
+                             cfg.min_face, cfg.threads)
+    return FaceStep(detector, predictor)

@@ -343,15 +343,9 @@ class SqliteLog(_BatchedLog):
         """One transaction: the pending rows, the run's counters and, at the end, its stop time."""
         stored = self.stored + pending.rows()
         with self.db:
-            self.db.executemany("INSERT INTO detections (run_id, time_utc, frame, track, x, y, w, h, label, "
-                                "confidence, uncertain, probs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                                pending.detections)
-            self.db.executemany(
-                "INSERT INTO counts VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, minute_utc, label) DO UPDATE SET "
-                "detections = detections + excluded.detections, faces = faces + excluded.faces",
-                [(self.run_id, minute, label, n, faces) for (minute, label), (n, faces) in pending.counts.items()])
-            self.db.executemany("INSERT INTO track_events (run_id, track, kind, time_utc, label, shares, frames, "
-                                "start_utc, end_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", pending.events)
+            self._insert(pending.detections, [(self.run_id, minute, label, n, faces)
+                                              for (minute, label), (n, faces) in pending.counts.items()],
+                         pending.events)
             self.db.execute("UPDATE runs SET frames = ?, skipped = ?, read_failures = ?, detections = ? WHERE id = ?",
                             (self.frames, self.skipped, self.read_failures, stored, self.run_id))
             if stopped:
@@ -362,9 +356,20 @@ class SqliteLog(_BatchedLog):
         elif self.file_bytes() > self.max_bytes:
             self.retain()
 
+    def _insert(self, detections: list, counts: list, events: list) -> None:
+        """Rows into the three result tables (counts are increments, added to a minute's), in the caller's
+        transaction: a commit's batch, or what an earlier run kept."""
+        self.db.executemany("INSERT INTO detections (run_id, time_utc, frame, track, x, y, w, h, label, "
+                            "confidence, uncertain, probs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", detections)
+        self.db.executemany(
+            "INSERT INTO counts VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, minute_utc, label) DO UPDATE SET "
+            "detections = detections + excluded.detections, faces = faces + excluded.faces", counts)
+        self.db.executemany("INSERT INTO track_events (run_id, track, kind, time_utc, label, shares, frames, "
+                            "start_utc, end_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", events)
+
     def file_bytes(self) -> int:
         """The log's size on disk: the database and its write-ahead log."""
-        return sum(p.stat().st_size for p in (self.path, self.path.with_name(self.path.name + "-wal")) if p.exists())
+        return (self.path.stat().st_size if self.path.exists() else 0) + self._wal_bytes()
 
     def used_bytes(self) -> int:
         """Bytes in use by data (free pages left by deletions do not count)."""
@@ -461,16 +466,8 @@ class SqliteLog(_BatchedLog):
                         str(exc).splitlines()[0])
 
     def _replay(self, r: dict) -> None:
-        self.db.executemany("INSERT INTO detections (run_id, time_utc, frame, track, x, y, w, h, label, "
-                            "confidence, uncertain, probs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                            [tuple(d) for d in r["detections"]])
-        self.db.executemany(
-            "INSERT INTO counts VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, minute_utc, label) DO UPDATE SET "
-            "detections = detections + excluded.detections, faces = faces + excluded.faces",
-            [(r["run"], *c) for c in r["counts"]])
-        self.db.executemany("INSERT INTO track_events (run_id, track, kind, time_utc, label, shares, frames, "
-                            "start_utc, end_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                            [tuple(e) for e in r.get("events", [])])
+        self._insert([tuple(d) for d in r["detections"]], [(r["run"], *c) for c in r["counts"]],
+                     [tuple(e) for e in r.get("events", [])])
         rows = len(r["detections"]) + sum(c[2] for c in r["counts"])
         self.db.execute("UPDATE runs SET stopped_utc = ?, frames = ?, skipped = ?, read_failures = ?, "
                         "detections = detections + ? WHERE id = ?",

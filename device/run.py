@@ -4,21 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ferlite.bundle import read_bundle
 from ferlite.config import RunConfig
-from ferlite.device.detectors import chosen_detector, make_detector
+from ferlite.device.faces import face_step
 from ferlite.device.log import ResultsLog, RunInfo, open_log
 from ferlite.device.notify import Notifier
 from ferlite.device.pipeline import Hooks, Pipeline, Stats
-from ferlite.device.sources import open_camera, open_source
+from ferlite.device.sources import FrameSource, open_camera, open_source
 from ferlite.device.tracker import Tracker
-from ferlite.runtime import Predictor
 
 
 def bundle_path(cfg: RunConfig) -> Path:
     from ferlite.bundles import bundle_path
 
     return bundle_path(cfg.bundle)
+
+
+def frame_source(cfg: RunConfig) -> FrameSource:
+    """The camera or source `cfg` names, opened at its resolution and frame-rate cap."""
+    size = (cfg.width, cfg.height) if cfg.width and cfg.height else None
+    return open_camera(size, cfg.max_fps) if cfg.camera else open_source(str(cfg.source), size, cfg.max_fps)
 
 
 def build(cfg: RunConfig, hooks: Hooks) -> Pipeline:
@@ -28,11 +32,9 @@ def build(cfg: RunConfig, hooks: Hooks) -> Pipeline:
         import cv2
 
         cv2.setNumThreads(cfg.threads)  # the detector's share of the same budget
-    predictor = Predictor(read_bundle(bundle_path(cfg)), cfg.threads)
-    detector = make_detector(chosen_detector(predictor.bundle.manifest.options, cfg.detector), cfg.detect_width,
-                             cfg.min_face, cfg.threads)
-    size = (cfg.width, cfg.height) if cfg.width and cfg.height else None
-    source = open_camera(size, cfg.max_fps) if cfg.camera else open_source(str(cfg.source), size, cfg.max_fps)
+    step = face_step(cfg)
+    predictor, detector = step.predictor, step.detector
+    source = frame_source(cfg)
     try:
         config = {**cfg.to_dict(), "mqtt_password": "***" if cfg.mqtt_password else None}  # logged and published
         info = RunInfo(predictor.bundle.sha256, list(predictor.labels), source.name, detector.name, config)

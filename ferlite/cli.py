@@ -415,24 +415,19 @@ def predict_cmd(
     """Classify the faces in photos: a table, or JSON with one result per detected face."""
     import cv2
 
-    from ferlite.bundle import read_bundle
     from ferlite.console import wrote
-    from ferlite.device.detectors import chosen_detector, make_detector
-    from ferlite.device.faces import FaceStep
+    from ferlite.device.faces import face_step
     from ferlite.device.logview import predict_photo, print_predictions
     from ferlite.device.pipeline import annotate as draw
     from ferlite.device.sources import BadFrameError, image_files, read_image
     from ferlite.errors import SourceError
-    from ferlite.runtime import Predictor
 
     missing = [str(p) for p in images if not p.exists()]
     if missing:
         raise SourceError(f"no such image or folder: {', '.join(missing)}")
     images = [f for p in images for f in (image_files(p) if p.is_dir() else [p])]
     cfg = _device_config(ctx, config)
-    predictor = Predictor(read_bundle(_bundle_path(cfg.bundle)), cfg.threads)
-    step = FaceStep(make_detector(chosen_detector(predictor.bundle.manifest.options, cfg.detector),
-                                  cfg.detect_width, cfg.min_face, cfg.threads), predictor)
+    step = face_step(cfg)
     records = []
     for path in images:
         try:

@@ -136,7 +136,7 @@ def _initial_model(cfg: CnnConfig, k: int):
 
         return mini_xception(k, cfg.size, cfg.width)
     if not _is_bundle(cfg.init):
-        return _check_compatible(_load_model(cfg.init), cfg.init, cfg, k, "a model to fine-tune")
+        return _load_compatible(cfg.init, cfg, k, "a model to fine-tune")
     from ferlite.bundle import read_bundle
     from ferlite.bundles import bundle_path
     from ferlite.training.from_bundle import keras_from_bundle
@@ -163,18 +163,15 @@ def _freeze(model, stages: int) -> None:
             layer.trainable = False
 
 
-def _load_model(path: str):
-    from ferlite.training.keras_model import load_keras
-
-    return load_keras(path)
-
-
 def _load_compatible(path: str, cfg: CnnConfig, k: int, role: str):
     """A trained .keras model that takes this run's input and gives its k classes, or a one-line error."""
-    return _check_compatible(_load_model(path), path, cfg, k, role)
+    from ferlite.training.keras_model import load_keras
+
+    return _check_compatible(load_keras(path), path, cfg, k, role)
 
 
 def _check_compatible(model, path: str, cfg: CnnConfig, k: int, role: str):
+    """`model` itself when it takes this run's input and gives its k classes, else a one-line error."""
     if tuple(model.input_shape[1:]) != (cfg.size, cfg.size, 1) or model.output_shape[-1] != k:
         got = f"{tuple(model.input_shape[1:])} and gives {model.output_shape[-1]}"
         raise FerliteError(f"{path}: {role} must take ({cfg.size}, {cfg.size}, 1) and give {k} classes "
