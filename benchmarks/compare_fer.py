@@ -296,7 +296,7 @@ def runtimes(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", type=Path, default=ROOT / "ferlite" / "models" / "emotion-cnn.ferlite")
+    parser.add_argument("--bundle", type=Path, default=ROOT / "ferlite" / "bundles" / "emotion-cnn.ferlite")
     parser.add_argument("--video", type=Path, help="another video, resized to 640x360 (default: the annotated "
                         "multi-face clip of benchmarks/scenes.py)")
     parser.add_argument("--data", type=Path, default=PUBLIC_TEST)
