@@ -65,6 +65,12 @@ def train_cnn_cmd(
                                                         "classes.")] = 0.1,
     augment: Annotated[str, typer.Option(help="Batch augmentation: light (flip, shift, brightness, contrast) "
                                          "or full (also rotation and zoom).")] = "light",
+    erase: Annotated[float, typer.Option(help="Share of training faces with one random patch (2-33 % of the "
+                                           "face) replaced by noise: random erasing (0: off).")] = 0.0,
+    mixup: Annotated[float, typer.Option(help="Mixup's alpha: each face and its target blended with another of "
+                                           "its batch, by a Beta(alpha, alpha) weight (0: off; 0.2 is usual).")] = 0.0,
+    optimizer: Annotated[str, typer.Option(help="adamw, or sgd (Nesterov momentum 0.9; try --learning-rate "
+                                               "0.05).")] = "adamw",
     class_weights: Annotated[bool, typer.Option(help="Weight classes by inverse frequency.")] = False,
     patience: Annotated[int, typer.Option(help="Early stopping patience in epochs (0: off).")] = 0,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed and data give the same model.")] = 0,
@@ -100,16 +106,21 @@ def train_cnn_cmd(
         raise FerliteError("--size must be 48 or 64")
     if not 0 <= distill <= 1:
         raise FerliteError("--distill must be between 0 and 1")
+    if not 0 <= erase <= 1 or mixup < 0:
+        raise ConfigError("--erase must be between 0 and 1 and --mixup at least 0")
     from ferlite.training.augment import AUGMENTATIONS
-    from ferlite.training.cnn import CnnConfig, train_cnn
+    from ferlite.training.cnn import OPTIMIZERS, CnnConfig, train_cnn
 
     if augment not in AUGMENTATIONS:
         raise FerliteError(f"unknown augmentation {augment!r} (choose {', '.join(AUGMENTATIONS)})")
+    if optimizer not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer {optimizer!r} (choose {', '.join(OPTIMIZERS)})")
 
     cfg = CnnConfig(data=data or "", val=val or "", out=str(out), labels=labels, soft_labels=soft_labels,
                     ferplus_csv=ferplus_csv, width=width, size=size, epochs=epochs, batch_size=batch_size,
                     learning_rate=learning_rate, weight_decay=weight_decay, label_smoothing=label_smoothing,
-                    augment=augment, class_weights=class_weights, patience=patience, seed=seed, init=init,
+                    augment=augment, erase=erase, mixup=mixup, optimizer=optimizer,
+                    class_weights=class_weights, patience=patience, seed=seed, init=init,
                     teachers=teacher or [], distill=distill, held=held, freeze=freeze, forget=forget,
                     rehearse=rehearse, rehearse_share=rehearse_share)
     model = train_cnn(cfg, resume=resume, command=_command_line())

@@ -33,7 +33,10 @@ def native_quiet() -> Iterator[io.TextIOWrapper]:
 
 
 def import_keras():
-    """Import TensorFlow and Keras without their start-up chatter; a clear error when not installed."""
+    """Import Keras and its backend without their start-up chatter; a clear error when not installed.
+
+    The backend is TensorFlow unless KERAS_BACKEND names another (jax trains on a GPU machine that has
+    no TensorFlow); conversion always needs TensorFlow itself."""
     from ferlite.errors import RuntimeMissingError
 
     # 3: not even TensorFlow's own C++ "errors" (a missing CUDA driver, graph attributes newer than the
@@ -45,7 +48,9 @@ def import_keras():
     try:
         with native_quiet():
             import keras
-            import tensorflow  # noqa: F401
+
+            if keras.backend.backend() == "tensorflow":
+                import tensorflow  # noqa: F401
     except ImportError:
         raise RuntimeMissingError("this command needs TensorFlow: pip install 'ferlite[train]'") from None
     return keras

@@ -110,3 +110,60 @@ def test_a_bundle_teaches_with_its_int8_probabilities(tmp_path):
                     "--teacher", DEFAULT_CNN)
     assert wrong.returncode == 2 and "must give the 6 classes of fer6" in wrong.stderr
     assert "Traceback" not in wrong.stderr
+
+
+def test_random_erasing_and_mixup_vary_real_faces_and_their_targets():
+    """Training batches are full and reshuffled each epoch; random erasing replaces one patch of every
+    face with --erase 1 and leaves the rest of it as the other augmentations made it; mixup blends
+    each target with one other of its batch, so targets stay distributions over two classes at most."""
+    from conftest import TRAIN
+
+    from ferlite.datasets import load_dataset
+    from ferlite.quiet import import_keras
+    from ferlite.training.augment import Augment, batches
+
+    import_keras()
+    faces = load_dataset(str(TRAIN))
+    onehot = np.eye(7, dtype=np.float32)[faces.labels]
+    ones = np.ones(len(faces), np.float32)
+
+    def first(augment):
+        return [np.asarray(a) for a in batches(faces.images, onehot, ones, 32, augment, seed=3)[0]]
+
+    plain, erased = first(Augment()), first(Augment(erase=1.0))
+    changed = (np.abs(erased[0] - plain[0]) > 1e-3).reshape(32, -1).mean(axis=1)
+    assert (changed > 0.005).all() and (changed < 0.5).all(), changed
+    np.testing.assert_array_equal(erased[1], plain[1])
+
+    mixed = batches(faces.images, onehot, ones, 32, Augment(mixup=0.4), seed=3)
+    targets = np.asarray(mixed[0][1])
+    np.testing.assert_allclose(targets.sum(axis=1), 1, atol=1e-5)
+    assert ((targets > 1e-6).sum(axis=1) <= 2).all() and (targets.max(axis=1) < 0.95).mean() > 0.2
+
+    assert len(mixed) == len(faces) // 32
+    order = mixed.order.copy()
+    mixed.on_epoch_end()
+    assert sorted(mixed.order) == list(range(len(faces))) and (mixed.order != order).any()
+    val = batches(faces.images, onehot, ones, 32, None)
+    assert len(val) == -(-len(faces) // 32) and np.asarray(val[0][0])[0, ..., 0].tolist() == faces.images[0].tolist()
+
+
+def test_sgd_erasing_and_mixup_train_and_are_recorded(tmp_path):
+    """The literature's recipe (SGD with Nesterov momentum, random erasing, mixup) trains on the committed
+    faces, and the run records it; an unknown optimizer or an erase share above 1 is a one-line error."""
+    from conftest import TRAIN, VAL, run_cli
+
+    args = ["train", "cnn", "--data", TRAIN, "--val", VAL, "--width", "0.5", "--epochs", "12", "--batch-size", "16",
+            "--optimizer", "sgd", "--learning-rate", "0.05", "--erase", "0.5", "--mixup", "0.2"]
+    run = run_cli(*args, "-o", tmp_path / "sgd")
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads((tmp_path / "sgd" / "report.json").read_text())
+    assert {k: report["config"][k] for k in ("optimizer", "erase", "mixup")} == {"optimizer": "sgd", "erase": 0.5,
+                                                                                 "mixup": 0.2}
+    assert report["metrics"]["accuracy"] > 0.45, report["metrics"]["accuracy"]
+
+    for bad, message in ((["--optimizer", "adam"], "unknown optimizer 'adam'"),
+                         (["--erase", "1.5"], "--erase must be between 0 and 1")):
+        refused = run_cli(*args, *bad, "-o", tmp_path / "bad")
+        assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr
+        assert not (tmp_path / "bad").exists()

@@ -34,6 +34,9 @@ class CnnConfig:
     weight_decay: float = 1e-4
     label_smoothing: float = 0.1
     augment: str = "light"
+    erase: float = 0.0  # share of training faces with one patch replaced by noise
+    mixup: float = 0.0  # mixup's alpha (0: off)
+    optimizer: str = "adamw"  # or "sgd": SGD with Nesterov momentum 0.9
     class_weights: bool = False
     patience: int = 0
     seed: int = 0
@@ -201,13 +204,14 @@ def train_cnn(cfg: CnnConfig, resume: bool = False, command: str = "") -> Path:
     if not resume:
         _save_config(cfg)
 
-    from ferlite.training.augment import batches
+    from ferlite.training.augment import Augment, batches
     from ferlite.training.progress import EpochProgress
 
     keras.utils.set_random_seed(cfg.seed)
-    import tensorflow as tf
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
 
-    tf.config.experimental.enable_op_determinism()  # same seed, same model: runs can be compared
+        tf.config.experimental.enable_op_determinism()  # same seed, same model: runs can be compared
     k = len(train.label_names)
     model = _initial_model(cfg, k)
     _freeze(model, cfg.freeze)
@@ -216,12 +220,13 @@ def train_cnn(cfg: CnnConfig, resume: bool = False, command: str = "") -> Path:
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0, decay_steps=steps * cfg.epochs, warmup_target=cfg.learning_rate, warmup_steps=steps * 2)
     model.compile(
-        optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay),
+        optimizer=_optimizer(keras, schedule, cfg),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=["accuracy"],
     )
     weights = _sample_weights(train.labels, k, cfg.class_weights)
-    train_ds = batches(train.images, y_train, weights, cfg.batch_size, augment=cfg.augment, seed=cfg.seed)
+    augment = Augment(cfg.augment, cfg.erase, cfg.mixup)
+    train_ds = batches(train.images, y_train, weights, cfg.batch_size, augment=augment, seed=cfg.seed)
     val_ds = batches(val.images, y_val, np.ones(len(val), np.float32), cfg.batch_size, augment=None)
     best = _best_so_far(out / "history.csv") if resume else None
     callbacks = [
@@ -234,7 +239,7 @@ def train_cnn(cfg: CnnConfig, resume: bool = False, command: str = "") -> Path:
     if cfg.patience:
         callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg.patience))
     started = time.time()
-    # batches() shuffles inside tf.data; Keras' own shuffle flag would only warn that it is ignored.
+    # batches() shuffles each epoch itself; Keras' own shuffle flag would only warn that it is ignored.
     model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, shuffle=False, verbose=0)
 
     from ferlite.training.report import write_report
@@ -250,6 +255,16 @@ def train_cnn(cfg: CnnConfig, resume: bool = False, command: str = "") -> Path:
     write_report(out, val.labels, probs, val.label_names, cfg=asdict(cfg), command=command,
                  session_seconds=time.time() - started, params=best.count_params(), extra=extra)
     return model_path
+
+
+OPTIMIZERS = ("adamw", "sgd")
+
+
+def _optimizer(keras, schedule, cfg: CnnConfig):
+    """AdamW, or SGD with Nesterov momentum as the FER2013 literature's long schedules use."""
+    if cfg.optimizer == "sgd":
+        return keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    return keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
 
 
 def _rehearsed(train: Dataset, targets: np.ndarray, old: Dataset, cfg: CnnConfig) -> tuple[Dataset, np.ndarray]:
