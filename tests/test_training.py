@@ -24,7 +24,8 @@ def test_train_cnn_learns_and_reports(trained_run):
 
 def test_an_interrupted_training_resumes_where_it_stopped(tmp_path):
     """Killed after its second epoch, `--resume` goes on from the backup with the saved options (only -o
-    is needed): every epoch runs exactly once, and best.keras is only replaced by a better epoch.
+    is needed): every epoch runs exactly once, and best.keras is only replaced by a better epoch; one
+    killed after its epochs but before its reports only writes those.
     Starting over the same folder is refused, and so is a new run without --data."""
     import csv
     import signal
@@ -63,6 +64,12 @@ def test_an_interrupted_training_resumes_where_it_stopped(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["augment"] == "light"
     assert abs(report["metrics"]["accuracy"] - max(float(r["val_accuracy"]) for r in rows)) < 1e-3
+
+    (out / "report.json").unlink()  # killed after its last epoch, before its reports: no epoch runs again
+    (out / "model.keras").unlink()
+    again = run_cli("train", "cnn", "-o", out, "--resume")
+    assert again.returncode == 0 and (out / "report.json").is_file() and (out / "model.keras").is_file()
+    assert len(history.read_text().splitlines()) == len(rows) + 1
 
 
 def test_fine_tuning_and_distillation_start_from_the_given_model(trained_run, tmp_path):

@@ -92,14 +92,14 @@ def _save_config(cfg: CnnConfig) -> None:
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
 
-def _best_so_far(history: Path) -> float | None:
-    """The best val_accuracy in a run's history.csv, so that a resumed run keeps the best.keras of the
-    epochs before the interruption unless it beats it; None without a history."""
+def _val_accuracies(history: Path) -> list[float]:
+    """Each finished epoch's val_accuracy in a run's history.csv (none without one): a resumed run keeps
+    the best.keras of the epochs before the interruption unless it beats it, and a run that finished
+    its epochs but not its reports writes only those."""
     if not history.is_file():
-        return None
+        return []
     with history.open(newline="") as f:
-        values = [float(row["val_accuracy"]) for row in csv.DictReader(f) if row.get("val_accuracy")]
-    return max(values, default=None)
+        return [float(row["val_accuracy"]) for row in csv.DictReader(f) if row.get("val_accuracy")]
 
 
 def _distilled(train: Dataset, targets: np.ndarray, cfg: CnnConfig) -> np.ndarray:
@@ -228,7 +228,8 @@ def train_cnn(cfg: CnnConfig, resume: bool = False, command: str = "") -> Path:
     augment = Augment(cfg.augment, cfg.erase, cfg.mixup)
     train_ds = batches(train.images, y_train, weights, cfg.batch_size, augment=augment, seed=cfg.seed)
     val_ds = batches(val.images, y_val, np.ones(len(val), np.float32), cfg.batch_size, augment=None)
-    best = _best_so_far(out / "history.csv") if resume else None
+    done = _val_accuracies(out / "history.csv") if resume else []
+    best = max(done, default=None)
     callbacks = [
         EpochProgress(cfg.epochs, steps, best or 0.0),
         keras.callbacks.BackupAndRestore(str(out / "backup")),
@@ -240,7 +241,11 @@ def train_cnn(cfg: CnnConfig, resume: bool = False, command: str = "") -> Path:
         callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg.patience))
     started = time.time()
     # batches() shuffles each epoch itself; Keras' own shuffle flag would only warn that it is ignored.
-    model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, shuffle=False, verbose=0)
+    # Keras deletes the backup when fit returns and writes it before each epoch's history row, so
+    # rows without a backup mean the epochs are done and only the reports are missing.
+    if not (done and (out / "best.keras").is_file() and not (out / "backup").exists()):
+        model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, shuffle=False,
+                  verbose=0)
 
     from ferlite.training.report import write_report
 
