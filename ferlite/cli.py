@@ -69,8 +69,8 @@ def train_cnn_cmd(
                                            "face) replaced by noise: random erasing (0: off).")] = 0.0,
     mixup: Annotated[float, typer.Option(help="Mixup's alpha: each face and its target blended with another of "
                                            "its batch, by a Beta(alpha, alpha) weight (0: off; 0.2 is usual).")] = 0.0,
-    optimizer: Annotated[str, typer.Option(help="adamw, or sgd (Nesterov momentum 0.9; try --learning-rate "
-                                               "0.05).")] = "adamw",
+    optimizer: Annotated[str, typer.Option(help="adamw, or sgd: SGD with Nesterov momentum 0.9, which wants a "
+                                               "larger learning rate (e.g. 0.05).")] = "adamw",
     class_weights: Annotated[bool, typer.Option(help="Weight classes by inverse frequency.")] = False,
     patience: Annotated[int, typer.Option(help="Early stopping patience in epochs (0: off).")] = 0,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed and data give the same model.")] = 0,
