@@ -23,28 +23,26 @@ class Augment:
     mixup: float = 0.0
 
 
-def augmenter(aug: Augment, seed: int = 0):
+def augmenter(aug: Augment) -> list:
     """Flip, shift (+-10 %), brightness (+-20 %) and contrast (+-30 %); `full` adds rotation (+-10 deg)
     and zoom (+-10 %), two more image warps per batch that tiny models may not have the capacity to use;
-    `erase` then covers a patch of 2-33 % of the face in a share of the faces, as a hand or a turn would."""
-    import keras
+    `erase` then covers a patch of 2-33 % of the face in a share of the faces, as a hand or a turn would.
+
+    A list of layers, applied in order by `batches()`, which gives them each batch's own seed."""
     from keras import layers
 
-    warps = [layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed + 2)]
+    warps = [layers.RandomTranslation(0.1, 0.1, fill_mode="reflect")]
     if aug.kind == "full":
-        warps = [layers.RandomRotation(10 / 360, fill_mode="reflect", seed=seed + 1), *warps,
-                 layers.RandomZoom(0.1, fill_mode="reflect", seed=seed + 3)]
-    erase = [layers.RandomErasing((aug.erase, aug.erase), value_range=(0, 255), seed=seed + 6)] if aug.erase else []
-    return keras.Sequential(
-        [
-            layers.RandomFlip("horizontal", seed=seed),
-            *warps,
-            layers.RandomBrightness(0.2, value_range=(0, 255), seed=seed + 4),
-            layers.RandomContrast(0.3, value_range=(0, 255), seed=seed + 5),
-            *erase,
-        ],
-        name="augment",
-    )
+        warps = [layers.RandomRotation(10 / 360, fill_mode="reflect"), *warps,
+                 layers.RandomZoom(0.1, fill_mode="reflect")]
+    erase = [layers.RandomErasing((aug.erase, aug.erase), value_range=(0, 255))] if aug.erase else []
+    return [
+        layers.RandomFlip("horizontal"),
+        *warps,
+        layers.RandomBrightness(0.2, value_range=(0, 255)),
+        layers.RandomContrast(0.3, value_range=(0, 255)),
+        *erase,
+    ]
 
 
 def batches(images: np.ndarray, targets: np.ndarray, weights: np.ndarray, batch_size: int,
@@ -53,7 +51,8 @@ def batches(images: np.ndarray, targets: np.ndarray, weights: np.ndarray, batch_
     only and augmented when `augment` is given (training); in order and unchanged when it is None.
 
     Partial training batches are dropped: TF 2.21's oneDNN path can crash on them. Two worker threads
-    augment the next batches while the model trains on this one.
+    augment the next batches while the model trains on this one; each batch draws its randomness from
+    its own seed, made of (seed, epoch, batch index), so a run is the same whichever thread made it.
     """
     import keras
 
@@ -62,8 +61,10 @@ def batches(images: np.ndarray, targets: np.ndarray, weights: np.ndarray, batch_
             super().__init__(workers=2 if augment else 1)
             self.order = np.arange(len(images))
             self.rng = np.random.default_rng(seed)
-            self.aug = augmenter(augment, seed) if augment else None
-            self.mix = keras.layers.MixUp(augment.mixup, seed=seed + 7) if augment and augment.mixup else None
+            self.epoch = 0
+            self.aug = augmenter(augment) if augment else []
+            if augment and augment.mixup:
+                self.aug.append(keras.layers.MixUp(augment.mixup))
             if augment:
                 self.rng.shuffle(self.order)
 
@@ -75,16 +76,21 @@ def batches(images: np.ndarray, targets: np.ndarray, weights: np.ndarray, batch_
             pick = self.order[i * batch_size:(i + 1) * batch_size]
             x = images[pick][..., None].astype(np.float32)
             y, w = targets[pick], weights[pick]
-            if self.aug is None:
+            if not self.aug:
                 return x, y, w
-            x = self.aug(x, training=True)
-            if self.mix is not None:
-                mixed = self.mix({"images": x, "labels": y}, training=True)
-                x, y = mixed["images"], mixed["labels"]
+            state = int(np.random.SeedSequence([seed, self.epoch, i]).generate_state(1)[0])
+            draws = keras.random.SeedGenerator(state)
+            x, y = keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(y)
+            for layer in self.aug:
+                change = layer.get_random_transformation({"images": x, "labels": y}, training=True, seed=draws)
+                x = layer.transform_images(x, change, training=True)
+                if isinstance(layer, keras.layers.MixUp):
+                    y = layer.transform_labels(y, change, training=True)
             return x, y, w
 
         def on_epoch_end(self) -> None:
             if augment:
+                self.epoch += 1
                 self.rng.shuffle(self.order)
 
     return _Batches()
