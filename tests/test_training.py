@@ -122,7 +122,8 @@ def test_a_bundle_teaches_with_its_int8_probabilities(tmp_path):
 def test_random_erasing_and_mixup_vary_real_faces_and_their_targets():
     """Training batches are full and reshuffled each epoch; random erasing replaces one patch of every
     face with --erase 1 and leaves the rest of it as the other augmentations made it; mixup blends
-    each target with one other of its batch, so targets stay distributions over two classes at most."""
+    each target with one other of its batch, so targets stay distributions over two classes at most. A batch
+    is the same whichever batch the worker threads make before it, so a run can be repeated."""
     from conftest import TRAIN
 
     from ferlite.datasets import load_dataset
@@ -148,6 +149,8 @@ def test_random_erasing_and_mixup_vary_real_faces_and_their_targets():
     assert ((targets > 1e-6).sum(axis=1) <= 2).all() and (targets.max(axis=1) < 0.95).mean() > 0.2
 
     assert len(mixed) == len(faces) // 32
+    again = batches(faces.images, onehot, ones, 32, Augment(mixup=0.4), seed=3)
+    np.testing.assert_array_equal(np.asarray(again[1][0]), np.asarray(mixed[1][0]))  # whichever batch comes first
     order = mixed.order.copy()
     mixed.on_epoch_end()
     assert sorted(mixed.order) == list(range(len(faces))) and (mixed.order != order).any()
