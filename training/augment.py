@@ -26,7 +26,8 @@ class Augment:
 def augmenter(aug: Augment) -> list:
     """Flip, shift (+-10 %), brightness (+-20 %) and contrast (+-30 %); `full` adds rotation (+-10 deg)
     and zoom (+-10 %), two more image warps per batch that tiny models may not have the capacity to use;
-    `erase` then covers a patch of 2-33 % of the face in a share of the faces, as a hand or a turn would.
+    `erase` then covers a patch of 2-33 % of the face in a share of the faces, as a hand or a turn would;
+    `mixup` last blends each face and its target with another of the batch.
 
     A list of layers, applied in order by `batches()`, which gives them each batch's own seed."""
     from keras import layers
@@ -36,12 +37,14 @@ def augmenter(aug: Augment) -> list:
         warps = [layers.RandomRotation(10 / 360, fill_mode="reflect"), *warps,
                  layers.RandomZoom(0.1, fill_mode="reflect")]
     erase = [layers.RandomErasing((aug.erase, aug.erase), value_range=(0, 255))] if aug.erase else []
+    mix = [layers.MixUp(aug.mixup)] if aug.mixup else []
     return [
         layers.RandomFlip("horizontal"),
         *warps,
         layers.RandomBrightness(0.2, value_range=(0, 255)),
         layers.RandomContrast(0.3, value_range=(0, 255)),
         *erase,
+        *mix,
     ]
 
 
@@ -63,8 +66,6 @@ def batches(images: np.ndarray, targets: np.ndarray, weights: np.ndarray, batch_
             self.rng = np.random.default_rng(seed)
             self.epoch = 0
             self.aug = augmenter(augment) if augment else []
-            if augment and augment.mixup:
-                self.aug.append(keras.layers.MixUp(augment.mixup))
             if augment:
                 self.rng.shuffle(self.order)
 
@@ -84,8 +85,7 @@ def batches(images: np.ndarray, targets: np.ndarray, weights: np.ndarray, batch_
             for layer in self.aug:
                 change = layer.get_random_transformation({"images": x, "labels": y}, training=True, seed=draws)
                 x = layer.transform_images(x, change, training=True)
-                if isinstance(layer, keras.layers.MixUp):
-                    y = layer.transform_labels(y, change, training=True)
+                y = layer.transform_labels(y, change, training=True)
             return x, y, w
 
         def on_epoch_end(self) -> None:
