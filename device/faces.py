@@ -15,13 +15,13 @@ from ferlite.config import RunConfig
 from ferlite.device.detectors.base import Detector
 from ferlite.inputs import Face, face_inputs
 from ferlite.preprocess import to_gray
-from ferlite.runtime import Predictor
+from ferlite.runtime import Ensemble, Predictor
 
 
 @dataclass
 class FaceStep:
     detector: Detector
-    predictor: Predictor
+    predictor: Predictor | Ensemble
 
     def find(self, image: np.ndarray) -> list[Face]:
         """Every face in a BGR or grayscale image."""

@@ -286,6 +286,9 @@ def eval_cmd(
     config: Annotated[Path | None, typer.Option(help="With --detector: " + CONFIG_HELP)] = None,
     detect_width: Annotated[int, typer.Option(help="With --detector: " + HELP["detect_width"])] = _RUN.detect_width,
     min_face: Annotated[int, typer.Option(help="With --detector: " + HELP["min_face"])] = _RUN.min_face,
+    ensemble: Annotated[list[Path] | None, typer.Option("--ensemble", help="Average BUNDLE's probabilities with "
+                                                        "this bundle's (repeatable): what a student distilled "
+                                                        "from them is measured against.")] = None,
 ) -> None:
     """Accuracy, macro-F1, top-2, per-class P/R/F1 and confusion matrix on labelled faces."""
     from ferlite.console import print_metrics
@@ -293,9 +296,12 @@ def eval_cmd(
 
     path = _bundle_path(bundle)
     truth = Truth(ferplus, ferplus_csv)
+    members = [_bundle_path(b) for b in ensemble or ()]
     if path.suffix == ".keras":
         from ferlite.training.keras_model import evaluate_keras
 
+        if members:
+            raise ConfigError("--ensemble averages bundles; convert the .keras model first")
         if detector is not None:
             raise ConfigError("--detector scores a bundle on the device path; convert the .keras model first")
         metrics, details = evaluate_keras(path, data, bool(tta_flip), truth)
@@ -304,15 +310,17 @@ def eval_cmd(
 
         cfg = _device_config(ctx, config)
         metrics, details = evaluate_photos(path, data, detector, cfg.detect_width, cfg.min_face, threads=threads,
-                                           tta_flip=tta_flip, truth=truth, align=align, calibrated=temperature)
+                                           tta_flip=tta_flip, truth=truth, align=align, calibrated=temperature,
+                                           ensemble=members)
     else:
         metrics, details = evaluate_bundle(path, data, threads=threads, tta_flip=tta_flip, truth=truth,
-                                           calibrated=temperature)
+                                           calibrated=temperature, ensemble=members)
     if plot is not None:
         from ferlite.console import wrote
         from ferlite.plots import confusion_png
 
-        confusion_png(metrics.confusion, tuple(details["labels"]), plot, title=f"{Path(details['model']).name}")
+        title = " + ".join(p.name for p in (path, *members))
+        confusion_png(metrics.confusion, tuple(details["labels"]), plot, title=title)
         wrote(plot)
     print_metrics(metrics, details, json_out)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,16 +49,22 @@ def score(predictor, dataset: Dataset, inputs: np.ndarray, model: str, data: str
 
 
 def evaluate_bundle(path: Path, data: str, threads: int | None = None, tta_flip: bool | None = None,
-                    truth: Truth = Truth(), calibrated: bool = True) -> tuple[Metrics, dict]:
+                    truth: Truth = Truth(), calibrated: bool = True,
+                    ensemble: Sequence[Path] = ()) -> tuple[Metrics, dict]:
     """`ferlite eval BUNDLE`: the int8 model on the device runtime, faces prepared as on the device
-    (`calibrated` False: without the bundle's temperature). Photos rather than crops, through a face
-    detector: ferlite.device.evaluate."""
+    (`calibrated` False: without the bundle's temperature; `ensemble`: bundles whose probabilities are
+    averaged with its own). Photos rather than crops, through a face detector: ferlite.device.evaluate."""
     from ferlite.bundle import read_bundle
     from ferlite.inputs import dataset_inputs
-    from ferlite.runtime import Predictor
+    from ferlite.runtime import predictor as make_predictor
 
-    bundle = read_bundle(path)
-    predictor = Predictor(bundle, threads=threads, tta_flip=tta_flip, calibrated=calibrated)
+    bundles = [read_bundle(p) for p in (path, *ensemble)]
+    predictor = make_predictor(bundles, threads=threads, tta_flip=tta_flip, calibrated=calibrated)
     dataset = truth.faces(data, tuple(predictor.labels))
-    return score(predictor, dataset, dataset_inputs(bundle.manifest, dataset.images), model=str(path),
-                 data=data, truth=truth)
+    return score(predictor, dataset, dataset_inputs(bundles[0].manifest, dataset.images),
+                 model=model_name(path, ensemble), data=data, truth=truth)
+
+
+def model_name(path: Path, ensemble: Sequence[Path] = ()) -> str:
+    """How `ferlite eval` names what it scored: the bundle, or the bundles of an ensemble joined by +."""
+    return " + ".join(str(p) for p in (path, *ensemble))

@@ -121,3 +121,32 @@ def predict_features(x: np.ndarray, predict, k: int) -> np.ndarray:
     if ok.any():
         probs[ok] = predict(x[ok])
     return probs
+
+
+class Ensemble:
+    """Several bundles' mean probabilities behind the Predictor interface: the figure a student distilled
+    from them (`ferlite train cnn --teacher`) is measured against. Every member shares the first one's
+    labels and preprocessing, so one prepared input serves them all."""
+
+    def __init__(self, members: list[Predictor]) -> None:
+        first = members[0]
+        for other in members[1:]:
+            ours, theirs = first.bundle.manifest, other.bundle.manifest
+            if (theirs.kind, tuple(theirs.labels), theirs.preprocess) != (ours.kind, tuple(ours.labels),
+                                                                          ours.preprocess):
+                raise BundleError(f"{other.bundle.path}: an ensemble's bundles need the labels and preprocessing "
+                                  f"of {first.bundle.path}")
+        self.members = members
+        self.bundle, self.labels, self.runtime = first.bundle, first.labels, first.runtime
+        self.tta_flip, self.temperature = first.tta_flip, first.temperature
+
+    def predict(self, inputs: np.ndarray) -> np.ndarray:
+        """The members' mean probabilities (N, K) for inputs prepared as the first member's manifest says."""
+        return np.mean([m.predict(inputs) for m in self.members], axis=0)
+
+
+def predictor(bundles: list[Bundle], threads: int | None = None, tta_flip: bool | None = None,
+              calibrated: bool = True) -> Predictor | Ensemble:
+    """One bundle's Predictor, or the Ensemble of several."""
+    members = [Predictor(b, threads=threads, tta_flip=tta_flip, calibrated=calibrated) for b in bundles]
+    return members[0] if len(members) == 1 else Ensemble(members)

@@ -107,6 +107,40 @@ def test_eval_bundle_and_keras_agree(tiny_bundle, trained_run, tmp_path):
     assert plot.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_eval_ensemble_scores_the_mean_of_its_bundles_probabilities(tmp_path):
+    """`ferlite eval A --ensemble B`: the shipped CNN with flip-TTA and a copy of it without (one bundle
+    file each), scored on the mean of their probabilities; a bundle of another kind is one line."""
+    from ferlite.bundle import write_bundle
+    from ferlite.bundles import DEFAULT_CNN
+    from ferlite.evaluate import Truth
+    from ferlite.inputs import dataset_inputs
+    from ferlite.runtime import Ensemble
+
+    shipped = read_bundle(DEFAULT_CNN)
+    assert shipped.manifest.options["tta_flip"]
+    plain = read_bundle(DEFAULT_CNN)
+    plain.manifest.options = {**plain.manifest.options, "tta_flip": False}
+    copy = write_bundle(tmp_path / "no-flip.ferlite", plain.manifest, plain.model)
+
+    faces = Truth().faces(str(VAL), tuple(shipped.manifest.labels))
+    x = dataset_inputs(shipped.manifest, faces.images)
+    flip_probs, plain_probs = Predictor(shipped).predict(x), Predictor(read_bundle(copy)).predict(x)
+    assert (flip_probs.argmax(1) != plain_probs.argmax(1)).any()  # the members differ on some faces
+    mean = (flip_probs + plain_probs) / 2
+    both = Ensemble([Predictor(shipped), Predictor(read_bundle(copy))])
+    assert np.allclose(both.predict(x), mean, atol=1e-6)
+
+    result = run_cli("eval", DEFAULT_CNN, "--ensemble", copy, "--data", VAL, "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    scored = json.loads(result.stdout)
+    assert scored["model"] == f"{DEFAULT_CNN} + {copy}" and scored["samples"] == len(faces) == 120
+    assert scored["accuracy"] == pytest.approx(float((mean.argmax(1) == faces.labels).mean()))
+
+    other = run_cli("eval", DEFAULT_CNN, "--ensemble", "landmark-svm", "--data", VAL)
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert other.stderr.strip().count("\n") == 0 and "ensemble" in other.stderr
+
+
 def test_per_tensor_bundle_is_smaller_and_still_agrees(tiny_bundle, trained_run, tmp_path):
     """--per-tensor drops the per-channel scales and zero points: fewer bytes, same verification gate."""
     from ferlite.convert.quantize import per_channel_tensors
