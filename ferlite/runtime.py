@@ -125,17 +125,18 @@ def predict_features(x: np.ndarray, predict, k: int) -> np.ndarray:
 
 class Ensemble:
     """Several bundles' mean probabilities behind the Predictor interface: the figure a student distilled
-    from them (`ferlite train cnn --teacher`) is measured against. Every member shares the first one's
-    labels and preprocessing, so one prepared input serves them all."""
+    from them (`ferlite train cnn --teacher`) is measured against. Every member has the first one's kind,
+    labels and input size, and faces are prepared once, by the first one's recipe (its framing and
+    alignment on photos)."""
 
     def __init__(self, members: list[Predictor]) -> None:
         first = members[0]
         for other in members[1:]:
             ours, theirs = first.bundle.manifest, other.bundle.manifest
-            if (theirs.kind, tuple(theirs.labels), theirs.preprocess) != (ours.kind, tuple(ours.labels),
-                                                                          ours.preprocess):
-                raise BundleError(f"{other.bundle.path}: an ensemble's bundles need the labels and preprocessing "
-                                  f"of {first.bundle.path}")
+            if (theirs.kind, tuple(theirs.labels), theirs.preprocess.get("size")) != (
+                    ours.kind, tuple(ours.labels), ours.preprocess.get("size")):
+                raise BundleError(f"{other.bundle.path}: an ensemble's bundles need the kind, labels and input "
+                                  f"size of {first.bundle.path}")
         self.members = members
         self.bundle, self.labels, self.runtime = first.bundle, first.labels, first.runtime
         self.tta_flip, self.temperature = first.tta_flip, first.temperature
