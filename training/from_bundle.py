@@ -10,16 +10,10 @@ takes the folded, dequantized kernel, and its BatchNormalization becomes the ide
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
 from ferlite.bundle import Bundle
 from ferlite.errors import ModelError
-
-# The Keras layer each TFLite weight tensor belongs to, found in the tensor's name (the converter keeps
-# the layer names: "mini_xception_w1.5_48_1/b0_sep1_1/separable_conv2d;...").
-LAYER = re.compile(r"/(stem\d|b\d_sep\d|b\d_short|classes)_")
 
 
 def _constants(model: bytes) -> list[tuple[str, str, np.ndarray, np.ndarray | None]]:
@@ -41,16 +35,38 @@ def _constants(model: bytes) -> list[tuple[str, str, np.ndarray, np.ndarray | No
         return (data - q["zero_points"].reshape(shape)) * q["scales"].reshape(shape)
 
     found = []
+    depthwise_out: dict[int, str] = {}  # output tensor of each depthwise op -> its separable layer
+    seps = shorts = 0
     for op in interpreter._get_ops_details():  # the only way LiteRT lists a graph's operators
         if op["op_name"] not in ("CONV_2D", "DEPTHWISE_CONV_2D"):
             continue
         kernel, bias = op["inputs"][1], op["inputs"][2] if len(op["inputs"]) > 2 else -1
-        match = LAYER.search(details[kernel]["name"]) or (bias >= 0 and LAYER.search(details[bias]["name"]))
-        layer = match.group(1) if match else "stem0" if not found else None
-        if layer is None:
-            raise ModelError(f"operator {op['index']} ({op['op_name']}) matches no mini-Xception layer")
+        layer = _layer(op, details[kernel]["shape"], depthwise_out, seps, shorts, stems=len(found))
+        if op["op_name"] == "DEPTHWISE_CONV_2D":
+            depthwise_out[op["outputs"][0]] = layer
+            seps += 1
+        shorts += layer.endswith("_short")
         found.append((op["op_name"], layer, value(kernel), value(bias) if bias >= 0 else None))
     return found
+
+
+def _layer(op: dict, kernel_shape, depthwise_out: dict[int, str], seps: int, shorts: int, stems: int) -> str:
+    """The mini-Xception layer of a convolution, from the graph's structure alone (bundles carry no tensor
+    names): a depthwise op starts the next separable layer (b0_sep1, b0_sep2, b1_sep1, ...) and the 1x1
+    convolution that reads it completes it; 3x3 convolutions before the first depthwise op are the stem,
+    the one after is `classes`; any other 1x1 convolution is the next block's shortcut. Data dependence
+    keeps that order in every graph the converter writes."""
+    if op["op_name"] == "DEPTHWISE_CONV_2D":
+        return f"b{seps // 2}_sep{seps % 2 + 1}"
+    if op["inputs"][0] in depthwise_out:
+        return depthwise_out[op["inputs"][0]]
+    if tuple(kernel_shape[1:3]) == (1, 1):
+        return f"b{shorts}_short"
+    if not depthwise_out and stems < 2:
+        return f"stem{stems}"
+    if depthwise_out:
+        return "classes"
+    raise ModelError(f"operator {op['index']} ({op['op_name']}) matches no mini-Xception layer")
 
 
 def keras_from_bundle(bundle: Bundle):
