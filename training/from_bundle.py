@@ -36,36 +36,35 @@ def _constants(model: bytes) -> list[tuple[str, str, np.ndarray, np.ndarray | No
 
     found = []
     depthwise_out: dict[int, str] = {}  # output tensor of each depthwise op -> its separable layer
-    seps = shorts = 0
     for op in interpreter._get_ops_details():  # the only way LiteRT lists a graph's operators
         if op["op_name"] not in ("CONV_2D", "DEPTHWISE_CONV_2D"):
             continue
         kernel, bias = op["inputs"][1], op["inputs"][2] if len(op["inputs"]) > 2 else -1
-        layer = _layer(op, details[kernel]["shape"], depthwise_out, seps, shorts, stems=len(found))
+        layer = _layer(op, details[kernel]["shape"], depthwise_out, [f[1] for f in found])
         if op["op_name"] == "DEPTHWISE_CONV_2D":
             depthwise_out[op["outputs"][0]] = layer
-            seps += 1
-        shorts += layer.endswith("_short")
         found.append((op["op_name"], layer, value(kernel), value(bias) if bias >= 0 else None))
     return found
 
 
-def _layer(op: dict, kernel_shape, depthwise_out: dict[int, str], seps: int, shorts: int, stems: int) -> str:
+def _layer(op: dict, kernel_shape, depthwise_out: dict[int, str], before: list[str]) -> str:
     """The mini-Xception layer of a convolution, from the graph's structure alone (bundles carry no tensor
-    names): a depthwise op starts the next separable layer (b0_sep1, b0_sep2, b1_sep1, ...) and the 1x1
-    convolution that reads it completes it; 3x3 convolutions before the first depthwise op are the stem,
-    the one after is `classes`; any other 1x1 convolution is the next block's shortcut. Data dependence
-    keeps that order in every graph the converter writes."""
+    names; `before`: the layers of the convolutions before it): a depthwise op starts the next separable
+    layer (b0_sep1, b0_sep2, b1_sep1, ...) and the 1x1 convolution that reads it completes it; 3x3
+    convolutions before the first depthwise op are the stem, the one after is `classes`; any other 1x1
+    convolution is the next block's shortcut. Data dependence keeps that order in every graph the
+    converter writes."""
+    seps = len(depthwise_out)
     if op["op_name"] == "DEPTHWISE_CONV_2D":
         return f"b{seps // 2}_sep{seps % 2 + 1}"
     if op["inputs"][0] in depthwise_out:
         return depthwise_out[op["inputs"][0]]
     if tuple(kernel_shape[1:3]) == (1, 1):
-        return f"b{shorts}_short"
-    if not depthwise_out and stems < 2:
-        return f"stem{stems}"
-    if depthwise_out:
+        return f"b{sum(name.endswith('_short') for name in before)}_short"
+    if seps:
         return "classes"
+    if len(before) < 2:
+        return f"stem{len(before)}"
     raise ModelError(f"operator {op['index']} ({op['op_name']}) matches no mini-Xception layer")
 
 
