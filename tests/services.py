@@ -42,7 +42,8 @@ class Mosquitto:
     folder: Path
     port: int = field(default_factory=free_port)
     extra: str = ""  # more mosquitto.conf lines: password_file, TLS
-    persistent: bool = False  # sessions saved every second and at a stop, as Debian's mosquitto.conf has them
+    persistent: bool = False  # sessions and queued messages saved every `autosave_s` and at a stop
+    autosave_s: int = 1  # Mosquitto's own default (Debian's mosquitto.conf keeps it) is 1800
     proc: subprocess.Popen | None = None
 
     @property
@@ -51,7 +52,7 @@ class Mosquitto:
 
     def start(self) -> Mosquitto:
         conf = self.folder / "mosquitto.conf"
-        persistence = (f"persistence true\npersistence_location {self.folder}/\nautosave_interval 1\n"
+        persistence = (f"persistence true\npersistence_location {self.folder}/\nautosave_interval {self.autosave_s}\n"
                        if self.persistent else "persistence false\n")
         anonymous = "" if "allow_anonymous" in self.extra else "allow_anonymous true\n"
         user = "user root\n" if os.geteuid() == 0 else ""  # as root it would switch to `mosquitto`, who cannot
@@ -78,13 +79,13 @@ class Mosquitto:
                 self.kill()
 
 
-def mosquitto(folder: Path, extra: str = "", persistent: bool = False) -> Mosquitto:
+def mosquitto(folder: Path, extra: str = "", persistent: bool = False, autosave_s: int = 1) -> Mosquitto:
     """A started broker, or the test skipped saying why."""
     if not Path(MOSQUITTO).exists():
         pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        return Mosquitto(folder, extra=extra, persistent=persistent).start()
+        return Mosquitto(folder, extra=extra, persistent=persistent, autosave_s=autosave_s).start()
     except (OSError, RuntimeError) as exc:
         pytest.skip(f"mosquitto cannot start here: {str(exc).splitlines()[0]}")
 

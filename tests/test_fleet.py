@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -282,6 +283,47 @@ def test_broker_killed_three_times_loses_and_duplicates_nothing(tmp_path, long_c
                 stop(proc)
         broker.stop()
         pg.stop()
+
+
+def test_broker_crash_loses_nothing_it_queued_for_an_away_collector(tmp_path):
+    """The broker acknowledges the device's messages, queues them for a collector that is away, and is
+    SIGKILLed before it saves them (Mosquitto's default autosave is 30 min): the device sends its last
+    RESEND_S again once the broker is back, so the collector, back after the run, gets everything."""
+    broker = services.mosquitto(tmp_path / "broker", persistent=True, autosave_s=3600)
+    db, collect_err = tmp_path / "collected.db", tmp_path / "collect.err"
+    try:
+        collector = spawn("collect", "--mqtt", broker.url, "--db", db, "--client-id", "away", stderr=collect_err)
+        assert wait_for(lambda: "connected" in collect_err.read_text(), 15), collect_err.read_text()
+        assert stop(collector) == 0
+        broker.stop()  # a clean stop saves the collector's session; nothing is saved after this
+        broker.start()
+        log, err = tmp_path / "device.db", tmp_path / "run.err"
+        run = spawn("run", "--source", group_clip(tmp_path / "clip.avi", 150, fps=12.0), "--no-status", "--log", log,
+                    "--device-id", "pi", "--max-fps", "10", "--mqtt", broker.url, stderr=err)
+        assert wait_for(lambda: acknowledged_events(log) >= 6, 20), err.read_text()
+        broker.kill()
+        broker.start()
+        assert run.wait(60) == 0, err.read_text()
+        assert "sending again" in err.read_text()
+        collector = spawn("collect", "--mqtt", broker.url, "--db", db, "--client-id", "away", stderr=collect_err)
+        holds = log_holds(log)
+        assert wait_for(lambda: collected_holds(str(db), "pi") == holds, 20), \
+            (len(collected_holds(str(db), "pi")["events"]), len(holds["events"]))
+        stop(collector)
+    finally:
+        broker.stop()
+
+
+def acknowledged_events(log: Path) -> int:
+    """The last track event the broker acknowledged, from the publisher's cursor in the device's log."""
+    if not log.exists():
+        return 0
+    try:
+        with closing(sqlite3.connect(log)) as db:
+            row = db.execute("SELECT last_id FROM publish_cursor WHERE stream = 'events'").fetchone()
+    except sqlite3.OperationalError:
+        return 0
+    return row[0] if row else 0
 
 
 # Bad input: one line each, nothing stored from it, the device's own log unaffected.

@@ -12,6 +12,7 @@ import logging
 import re
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -88,6 +89,8 @@ class Link:
         self.connected = threading.Event()
         self.refused: str | None = None  # the broker's reason when it turned us away (credentials)
         self.closing = False  # we are disconnecting: not worth a warning
+        self.connects = 0  # accepted connections so far: more than one means the link came back
+        self.lost_at = 0.0  # time.monotonic() when the last accepted connection was lost
         self._said = ""
 
     def _say(self, text: str, level: int = logging.WARNING) -> None:
@@ -101,6 +104,7 @@ class Link:
             self._say(f"refused the connection ({reason_code})")
             return
         self.refused = None
+        self.connects += 1
         self.connected.set()
         self._say("connected", logging.INFO)
 
@@ -110,6 +114,8 @@ class Link:
     def on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self.connected.is_set()
         self.connected.clear()
+        if was:
+            self.lost_at = time.monotonic()
         if self.closing:
             return
         if was:

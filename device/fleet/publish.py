@@ -6,6 +6,11 @@ log's `publish_cursor` table, only over messages the broker acknowledged. While 
 nothing moves; after a restart of either side publishing resumes in order from the cursor. A message
 may be sent twice (an acknowledgement lost with the connection); its id lets the collector drop it.
 
+An acknowledgement means the broker holds a message, not that every subscriber has it: a broker that
+crashes loses what it had not yet delivered or saved. So after a lost connection the publisher
+sends again what the broker acknowledged in the RESEND_S before the loss; the collectors drop the
+copies by id.
+
 It reads with its own connection to the WAL database and a short busy timeout, so it never holds up
 the writer; a cursor write that meets the writer's lock is retried at the next acknowledgement.
 """
@@ -17,6 +22,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,6 +44,8 @@ RUN_EVERY_S = 30.0  # how often a live run's counters are re-sent
 # A minute is complete once the log can no longer add to it: it retries a failed commit for RETRY_FOR_S.
 MINUTE_LAG_S = RETRY_FOR_S + 5.0
 BUSY_MS = 100  # how long a read or a cursor write waits for the writer's lock before trying at the next pass
+RESEND_S = 10.0  # after a lost connection, acknowledged messages this recent are sent again
+ACKED_KEPT = 5000  # acknowledgements remembered for that, at most
 
 
 @dataclass(frozen=True)
@@ -196,6 +204,10 @@ class LogFeed:
         row = self.db.execute("SELECT labels FROM runs ORDER BY id DESC LIMIT 1").fetchone()
         return json.loads(row["labels"] or "[]") if row else []
 
+    def forget_sent_runs(self) -> None:
+        """Send every run after the cursor again, changed or not (after a lost connection)."""
+        self._sent_runs.clear()
+
     def close(self) -> None:
         self.db.close()
 
@@ -215,6 +227,8 @@ class Publisher:
         self.cursor = feed.cursor()
         self.sent = Sent()
         self._inflight: list[tuple[object, Message, Cursor]] = []
+        self._acked: deque[tuple[float, Cursor]] = deque(maxlen=ACKED_KEPT)  # (when, the cursor before it)
+        self._connects_seen = 0
         self._unsaved = False
         self._state_at = 0.0
         self._state: tuple[int, dict[str, int]] | None = None
@@ -238,16 +252,32 @@ class Publisher:
 
     def _advance(self) -> None:
         """Move the cursor over the acknowledged head of what is in flight, and persist it."""
-        acked = 0
+        acked, now = 0, time.monotonic()
         while acked < len(self._inflight) and self._inflight[acked][0].is_published():
             acked += 1
         for _, message, after in self._inflight[:acked]:
             kind = message.topic.rsplit("/", 1)[1]
             setattr(self.sent, kind, getattr(self.sent, kind) + 1)
+            self._acked.append((now, self.cursor))
             self.cursor = after
         del self._inflight[:acked]
         if acked or self._unsaved:
             self._unsaved = not self.feed.save(self.cursor)
+
+    def _rewind(self) -> None:
+        """Once the link is back and nothing is in flight, go back to the cursor of RESEND_S before the loss."""
+        connects = self.link.connects
+        if connects == self._connects_seen or self._inflight or not self.link.connected.is_set():
+            return
+        self._connects_seen = connects
+        since = self.link.lost_at - RESEND_S
+        resend = [cursor for at, cursor in self._acked if at >= since]
+        if connects > 1 and resend:
+            log.info("mqtt publish: sending again the %d messages acknowledged in the %.0f s before the "
+                     "connection was lost", len(resend), RESEND_S)
+            self.cursor = resend[0]
+            self.feed.forget_sent_runs()
+        self._acked.clear()
 
     def _send(self, now: float) -> int:
         """Publish the next batch from the log; messages sent."""
@@ -270,6 +300,7 @@ class Publisher:
         while not until():
             try:
                 self._advance()
+                self._rewind()
                 idle = not self._inflight and not (self.link.connected.is_set() and self._send(time.time()))
             except sqlite3.OperationalError as exc:  # the writer holds the log just now: next pass
                 log.debug("mqtt publish: %s", exc)
