@@ -55,6 +55,8 @@ def train_cnn_cmd(
     labels: Annotated[str, typer.Option(help="Label set: fer7, fer6 (disgust into angry) or ferplus.")] = "fer7",
     soft_labels: Annotated[bool, typer.Option(help="ferplus: train on the FER+ vote distribution.")] = False,
     ferplus_csv: Annotated[str | None, typer.Option(help="fer2013new.csv (default: beside --data).")] = None,
+    ferplus_share: Annotated[float, typer.Option(help="fer7/fer6: share of the FER+ annotators' votes mixed into "
+                                                      "each FER2013 face's label (0-1; 0: off).")] = 0.0,
     width: Annotated[float, typer.Option(help="Width multiplier of mini-Xception.")] = 1.0,
     size: Annotated[int, typer.Option(help="Input size: 48 or 64.")] = 48,
     epochs: Annotated[int, typer.Option(help="Passes over the training data.")] = 60,
@@ -104,8 +106,8 @@ def train_cnn_cmd(
         raise FerliteError(f"unknown label set {labels!r} (choose {', '.join(LABEL_SETS)})")
     if size not in (48, 64):
         raise FerliteError("--size must be 48 or 64")
-    if not 0 <= distill <= 1:
-        raise FerliteError("--distill must be between 0 and 1")
+    if not 0 <= distill <= 1 or not 0 <= ferplus_share <= 1:
+        raise FerliteError("--distill and --ferplus-share must be between 0 and 1")
     if not 0 <= erase <= 1 or mixup < 0:
         raise ConfigError("--erase must be between 0 and 1 and --mixup at least 0")
     from ferlite.training.augment import AUGMENTATIONS
@@ -117,7 +119,8 @@ def train_cnn_cmd(
         raise ConfigError(f"unknown optimizer {optimizer!r} (choose {', '.join(OPTIMIZERS)})")
 
     cfg = CnnConfig(data=data or "", val=val or "", out=str(out), labels=labels, soft_labels=soft_labels,
-                    ferplus_csv=ferplus_csv, width=width, size=size, epochs=epochs, batch_size=batch_size,
+                    ferplus_csv=ferplus_csv, ferplus_share=ferplus_share, width=width, size=size, epochs=epochs,
+                    batch_size=batch_size,
                     learning_rate=learning_rate, weight_decay=weight_decay, label_smoothing=label_smoothing,
                     augment=augment, erase=erase, mixup=mixup, optimizer=optimizer,
                     class_weights=class_weights, patience=patience, seed=seed, init=init,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 
 def test_train_cnn_learns_and_reports(trained_run):
@@ -176,4 +177,50 @@ def test_sgd_erasing_and_mixup_train_and_are_recorded(tmp_path):
                          (["--erase", "1.5"], "--erase must be between 0 and 1")):
         refused = run_cli(*args, *bad, "-o", tmp_path / "bad")
         assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr
+        assert not (tmp_path / "bad").exists()
+
+
+def test_ferplus_votes_soften_fer2013_labels(tmp_path):
+    """--ferplus-share mixes the ten FER+ annotators' votes into each FER2013 label where FER+ has a clear
+    majority: a face voted 3 surprise / 7 anger keeps half its label and gets 0.15 / 0.35 of the rest;
+    contempt votes drop out, fer6 puts disgust votes on angry, unknown or tied faces keep their label.
+    A dataset without FER2013 row numbers, or a share above 1, is a one-line error."""
+    from conftest import FIXTURES, VAL, run_cli
+
+    from ferlite.datasets import load_dataset
+    from ferlite.labels import FER6, FER7, ferplus_targets
+    from ferlite.training.cnn import CnnConfig, _targets, _with_votes
+
+    votes_csv = FIXTURES / "ferplus_mini_val.csv"  # the FER+ rows of VAL's faces, in VAL's order
+    faces = tmp_path / "val.npz"
+    with np.load(VAL) as npz:
+        np.savez(faces, **{k: npz[k] for k in ("images", "labels", "label_names")}, index=np.arange(120))
+    votes = np.loadtxt(votes_csv, delimiter=",", skiprows=1, usecols=range(2, 12))
+    assert votes[1, [2, 4]].tolist() == [3, 7] and votes[1].sum() == 10
+
+    cfg = CnnConfig(data=str(faces), val="", out=str(tmp_path / "unused"), ferplus_csv=str(votes_csv),
+                    ferplus_share=0.5)
+    train, onehot = _targets(load_dataset(cfg.data), cfg)
+    targets = _with_votes(train, onehot, cfg)
+    np.testing.assert_allclose(targets.sum(axis=1), 1, atol=1e-6)
+    assert targets[1, FER7.index("angry")] == pytest.approx(0.5 * onehot[1, 0] + 0.35)
+    assert targets[1, FER7.index("surprise")] == pytest.approx(0.5 * onehot[1, 5] + 0.15)
+    unchanged = (targets == onehot).all(axis=1)
+    keep = ferplus_targets(votes.astype(int))[1]  # the 112 faces `eval --ferplus` keeps
+    assert keep.sum() == 112 and unchanged[~keep].all() and 40 < (~unchanged).sum() < 112
+
+    fer6 = CnnConfig(**{**cfg.__dict__, "labels": "fer6"})
+    train6, onehot6 = _targets(load_dataset(cfg.data), fer6)
+    targets6 = _with_votes(train6, onehot6, fer6)
+    disgusted = np.flatnonzero((votes[:, 5] > 0) & ~unchanged)[0]
+    assert targets6.shape[1] == len(FER6) and disgusted in train6.index
+    row = list(train6.index).index(disgusted)
+    share = votes[disgusted, [4, 5]].sum() / votes[disgusted, :7].sum()
+    assert targets6[row, FER6.index("angry")] == pytest.approx(0.5 * onehot6[row, 0] + 0.5 * share)
+
+    args = ["train", "cnn", "--val", VAL, "-o", tmp_path / "bad"]
+    for data, share, message in ((FIXTURES / "jaffe_mini.npz", "0.5", "row numbers"),
+                                 (faces, "1.5", "--ferplus-share must be between 0 and 1")):
+        refused = run_cli(*args, "--data", data, "--ferplus-share", share)
+        assert refused.returncode == 2 and message in refused.stderr and refused.stderr.count("\n") == 1
         assert not (tmp_path / "bad").exists()

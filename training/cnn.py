@@ -12,7 +12,7 @@ import numpy as np
 
 from ferlite.datasets import Dataset, load_dataset
 from ferlite.errors import DatasetError, FerliteError
-from ferlite.labels import LABEL_SETS
+from ferlite.labels import FERPLUS, LABEL_SETS, ferplus_targets, ferplus_votes, remap
 from ferlite.preprocess import PreprocessSpec
 
 
@@ -26,6 +26,7 @@ class CnnConfig:
     labels: str = "fer7"
     soft_labels: bool = False
     ferplus_csv: str | None = None
+    ferplus_share: float = 0.0  # share of the FER+ vote distribution in a FER2013 face's training target
     width: float = 1.0
     size: int = 48
     epochs: int = 60
@@ -62,6 +63,27 @@ def _targets(ds: Dataset, cfg: CnnConfig) -> tuple[Dataset, np.ndarray]:
     if cfg.soft_labels:
         return ds, shares
     return ds, np.eye(len(names), dtype=np.float32)[ds.labels]
+
+
+def _with_votes(train: Dataset, targets: np.ndarray, cfg: CnnConfig) -> np.ndarray:
+    """FER2013 labels mixed with FER+'s ten annotators' votes, `cfg.ferplus_share` of the votes, on the faces
+    with a clear FER+ majority for an emotion of the label set: one label is a noisy target (it agrees with the
+    annotators' majority two times in three), the votes say how ambiguous a face is."""
+    if cfg.labels == "ferplus":
+        raise FerliteError("--ferplus-share mixes FER+ votes into FER2013 labels; with --labels ferplus use "
+                           "--soft-labels")
+    if train.index is None:
+        raise DatasetError(f"{cfg.data}: FER+ votes need FER2013 row numbers ('index' in the .npz or a CSV)")
+    votes = ferplus_votes(cfg.ferplus_csv or Path(cfg.data).parent / "fer2013new.csv", train.index)
+    shares, keep = ferplus_targets(votes, soft=True)
+    mapped = np.zeros_like(targets)
+    for code, to in enumerate(remap(np.arange(len(FERPLUS)), FERPLUS, train.label_names)):
+        if to >= 0:
+            mapped[:, to] += shares[:, code]
+    total = mapped.sum(axis=1, keepdims=True)
+    keep &= total[:, 0] > 0
+    mixed = (1 - cfg.ferplus_share) * targets + cfg.ferplus_share * mapped / np.maximum(total, 1e-9)
+    return np.where(keep[:, None], mixed, targets).astype(np.float32)
 
 
 def _sample_weights(labels: np.ndarray, k: int, balanced: bool) -> np.ndarray:
@@ -194,6 +216,8 @@ def train_cnn(cfg: CnnConfig, resume: bool = False, command: str = "") -> Path:
     data, held = (data, load_dataset(cfg.val, spec)) if cfg.val else data.split(cfg.held, cfg.seed)
     train, y_train = _targets(data, cfg)
     val, y_val = _targets(held, cfg)
+    if cfg.ferplus_share:
+        y_train = _with_votes(train, y_train, cfg)
     if cfg.rehearse:
         train, y_train = _rehearsed(train, y_train, load_dataset(cfg.rehearse, spec), cfg)
     forget = _targets(load_dataset(cfg.forget, spec), cfg)[0] if cfg.forget else None
