@@ -120,9 +120,8 @@ def train_cnn_cmd(
 
     cfg = CnnConfig(data=data or "", val=val or "", out=str(out), labels=labels, soft_labels=soft_labels,
                     ferplus_csv=ferplus_csv, ferplus_share=ferplus_share, width=width, size=size, epochs=epochs,
-                    batch_size=batch_size,
-                    learning_rate=learning_rate, weight_decay=weight_decay, label_smoothing=label_smoothing,
-                    augment=augment, erase=erase, mixup=mixup, optimizer=optimizer,
+                    batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
+                    label_smoothing=label_smoothing, augment=augment, erase=erase, mixup=mixup, optimizer=optimizer,
                     class_weights=class_weights, patience=patience, seed=seed, init=init,
                     teachers=teacher or [], distill=distill, held=held, freeze=freeze, forget=forget,
                     rehearse=rehearse, rehearse_share=rehearse_share)

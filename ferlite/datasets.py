@@ -72,13 +72,18 @@ class Dataset:
             raise DatasetError(f"{self.source}: none of its classes exist in {', '.join(names)}")
         return replace(self.subset(keep), labels=codes[keep], label_names=tuple(names))
 
+    def ferplus_votes(self, csv_path: str | Path | None = None) -> np.ndarray:
+        """The FER+ votes (N x 10) of these FER2013 faces; the votes file defaults to fer2013new.csv beside
+        the dataset."""
+        if self.index is None:
+            raise DatasetError(f"{self.source}: FER+ votes need FER2013 row numbers ('index' in the .npz or a CSV)")
+        return ferplus_votes(csv_path or Path(self.source).parent / "fer2013new.csv", self.index)
+
     def with_ferplus_labels(self, csv_path: str | Path | None = None) -> tuple[Dataset, np.ndarray]:
         """FER2013 faces relabelled by FER+ (ten annotators per face, Barsoum et al. 2016): the majority
         label, and each face's vote shares (N x 8). Faces voted unknown or not-a-face, or tied, are
         dropped. The votes file defaults to fer2013new.csv beside the dataset."""
-        if self.index is None:
-            raise DatasetError(f"{self.source}: FER+ labels need FER2013 row numbers ('index' in the .npz or a CSV)")
-        votes = ferplus_votes(csv_path or Path(self.source).parent / "fer2013new.csv", self.index)
+        votes = self.ferplus_votes(csv_path)
         majority, keep = ferplus_targets(votes)
         shares, _ = ferplus_targets(votes, soft=True)
         return replace(self.subset(keep), labels=majority[keep], label_names=FERPLUS), shares[keep]

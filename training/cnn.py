@@ -12,7 +12,7 @@ import numpy as np
 
 from ferlite.datasets import Dataset, load_dataset
 from ferlite.errors import DatasetError, FerliteError
-from ferlite.labels import FERPLUS, LABEL_SETS, ferplus_targets, ferplus_votes, remap
+from ferlite.labels import FERPLUS, LABEL_SETS, ferplus_targets, remap
 from ferlite.preprocess import PreprocessSpec
 
 
@@ -72,10 +72,7 @@ def _with_votes(train: Dataset, targets: np.ndarray, cfg: CnnConfig) -> np.ndarr
     if cfg.labels == "ferplus":
         raise FerliteError("--ferplus-share mixes FER+ votes into FER2013 labels; with --labels ferplus use "
                            "--soft-labels")
-    if train.index is None:
-        raise DatasetError(f"{cfg.data}: FER+ votes need FER2013 row numbers ('index' in the .npz or a CSV)")
-    votes = ferplus_votes(cfg.ferplus_csv or Path(cfg.data).parent / "fer2013new.csv", train.index)
-    shares, keep = ferplus_targets(votes, soft=True)
+    shares, keep = ferplus_targets(train.ferplus_votes(cfg.ferplus_csv), soft=True)
     mapped = np.zeros_like(targets)
     for code, to in enumerate(remap(np.arange(len(FERPLUS)), FERPLUS, train.label_names)):
         if to >= 0:

@@ -272,7 +272,7 @@ class Publisher:
         self._connects_seen = connects
         since = self.link.lost_at - RESEND_S
         resend = [cursor for at, cursor in self._acked if at >= since]
-        if connects > 1 and resend:
+        if resend:  # none after a first connection: nothing was acknowledged before it
             log.info("mqtt publish: sending again the %d messages acknowledged in the %.0f s before the "
                      "connection was lost", len(resend), RESEND_S)
             self.cursor = resend[0]
